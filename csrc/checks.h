@@ -1,0 +1,119 @@
+// Metadata checks shared by the CPU and CUDA kernels. They mirror pimm_fast/_checks.py: same
+// conditions, same exception types (TORCH_CHECK_TYPE -> TypeError, TORCH_CHECK_VALUE -> ValueError,
+// TORCH_CHECK_INDEX -> IndexError), so every backend fails a bad call the same way.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <vector>
+
+namespace pimm_fast {
+
+inline bool is_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+inline bool is_label_type(at::ScalarType t) {
+  return is_float(t) || t == at::kBool || t == at::kByte || t == at::kChar || t == at::kShort ||
+         t == at::kInt || t == at::kLong;
+}
+
+// Floating inputs of 16 bits are computed in fp32, others in their own type.
+inline at::ScalarType compute_type(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+inline void check_same_device(const char* op, const at::Tensor& ref, const char* ref_name, const at::Tensor& t,
+                              const char* name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": device mismatch: ", ref_name, " on ", ref.device(), ", ",
+                    name, " on ", t.device());
+}
+
+inline void check_embedding_concat(const at::Tensor& indices, const at::Tensor& weight,
+                                   const at::Tensor& field_offsets) {
+  const char* op = "embedding_concat";
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong, op,
+                   ": indices must be int32 or int64, got ", indices.scalar_type());
+  TORCH_CHECK_TYPE(is_float(weight.scalar_type()), op, ": weight must be a floating tensor, got ",
+                   weight.scalar_type());
+  TORCH_CHECK_TYPE(field_offsets.scalar_type() == at::kLong, op, ": field_offsets must be int64, got ",
+                   field_offsets.scalar_type());
+  TORCH_CHECK_VALUE(indices.dim() == 2, op, ": indices must be [B, F], got shape ", indices.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be [num_rows, D], got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(field_offsets.dim() == 1 && field_offsets.size(0) == indices.size(1), op,
+                    ": field_offsets must be [F] with F = indices.shape[1] = ", indices.size(1), ", got shape ",
+                    field_offsets.sizes());
+  check_same_device(op, indices, "indices", weight, "weight");
+  check_same_device(op, indices, "indices", field_offsets, "field_offsets");
+}
+
+// Rows owned by each field (host copy of the offsets); checks that they tile the table.
+inline std::vector<int64_t> field_sizes(const at::Tensor& field_offsets, int64_t num_rows) {
+  const at::Tensor off = field_offsets.to(at::kCPU).contiguous();
+  const int64_t F = off.numel();
+  const int64_t* o = off.data_ptr<int64_t>();
+  std::vector<int64_t> sizes(F);
+  for (int64_t f = 0; f < F; ++f) {
+    sizes[f] = (f + 1 < F ? o[f + 1] : num_rows) - o[f];
+    TORCH_CHECK_VALUE(o[0] == 0 && sizes[f] >= 0, "embedding_concat: field_offsets must start at 0, be "
+                      "non-decreasing and <= num_rows=", num_rows, ", got ", field_offsets);
+  }
+  return sizes;
+}
+
+inline void check_pim_attention(const at::Tensor& v, const at::Tensor& h_prev,
+                                const std::optional<at::Tensor>& label_prev, const at::Tensor& pred_prev,
+                                const at::Tensor& w_prior, const at::Tensor& w_q, const at::Tensor& w_k,
+                                const at::Tensor& w_v, const std::optional<at::Tensor>& b_q,
+                                const std::optional<at::Tensor>& b_k, const std::optional<at::Tensor>& b_v) {
+  const char* op = "pim_attention";
+  TORCH_CHECK_VALUE(v.dim() == 2, op, ": v must be [B, d], got shape ", v.sizes());
+  TORCH_CHECK_TYPE(is_float(v.scalar_type()), op, ": v must be a floating tensor, got ", v.scalar_type());
+  const int64_t B = v.size(0), d = v.size(1);
+  auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape, bool same_dtype) {
+    TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, " (B=", B, ", d=", d,
+                      "), got ", t.sizes());
+    if (same_dtype) {
+      TORCH_CHECK_TYPE(t.scalar_type() == v.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+                       " but v has ", v.scalar_type(), "; they must match");
+    }
+    check_same_device(op, v, "v", t, name);
+  };
+  check(h_prev, "h_prev", {B, d}, true);
+  check(pred_prev, "pred_prev", {B}, false);
+  TORCH_CHECK_TYPE(is_float(pred_prev.scalar_type()), op, ": pred_prev must be a floating tensor, got ",
+                   pred_prev.scalar_type());
+  if (label_prev) {
+    check(*label_prev, "label_prev", {B}, false);
+    TORCH_CHECK_TYPE(is_label_type(label_prev->scalar_type()), op,
+                     ": label_prev must be a float, integer or bool tensor, got ", label_prev->scalar_type());
+  }
+  check(w_prior, "w_prior", {d}, true);
+  check(w_q, "w_q", {d, d}, true);
+  check(w_k, "w_k", {d, d}, true);
+  check(w_v, "w_v", {d, d}, true);
+  if (b_q) check(*b_q, "b_q", {d}, true);
+  if (b_k) check(*b_k, "b_k", {d}, true);
+  if (b_v) check(*b_v, "b_v", {d}, true);
+}
+
+// p (0-dim float) and seed (0-dim int64) are read on the host.
+inline float read_p(const at::Tensor& p) {
+  TORCH_CHECK_VALUE(p.dim() == 0, "pim_attention: p must be a 0-dim tensor, got shape ", p.sizes());
+  TORCH_CHECK_TYPE(is_float(p.scalar_type()), "pim_attention: p must be a floating tensor, got ", p.scalar_type());
+  const float value = p.item<float>();
+  TORCH_CHECK_VALUE(value >= 0.f && value <= 1.f, "pim_attention: p must lie in [0, 1], got ", value);
+  return value;
+}
+
+inline uint64_t read_seed(const at::Tensor& seed) {
+  TORCH_CHECK_VALUE(seed.dim() == 0, "pim_attention: seed must be a 0-dim tensor, got shape ", seed.sizes());
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "pim_attention: seed must have dtype int64, got ",
+                   seed.scalar_type());
+  const int64_t value = seed.item<int64_t>();
+  TORCH_CHECK_VALUE(value >= 0, "pim_attention: seed must be non-negative, got ", value);
+  return static_cast<uint64_t>(value);
+}
+
+}  // namespace pimm_fast

@@ -1,0 +1,40 @@
+// Kernel entry points, one set per device. Registered in register.cpp.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace pimm_fast {
+
+using PimGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor, at::Tensor>;
+
+#define PIMM_FAST_DECLARE_KERNELS                                                                               \
+  at::Tensor embedding_concat(const at::Tensor& indices, const at::Tensor& weight,                              \
+                              const at::Tensor& field_offsets);                                                 \
+  at::Tensor embedding_concat_backward(const at::Tensor& grad_out, const at::Tensor& indices,                   \
+                                       const at::Tensor& field_offsets, int64_t num_rows);                      \
+  std::tuple<at::Tensor, at::Tensor> pim_attention(                                                             \
+      const at::Tensor& v, const at::Tensor& h_prev, const std::optional<at::Tensor>& label_prev,               \
+      const at::Tensor& pred_prev, const at::Tensor& w_prior, const at::Tensor& w_q, const at::Tensor& w_k,     \
+      const at::Tensor& w_v, const at::Tensor& p, const at::Tensor& seed, const std::optional<at::Tensor>& b_q, \
+      const std::optional<at::Tensor>& b_k, const std::optional<at::Tensor>& b_v);                              \
+  PimGrads pim_attention_backward(                                                                              \
+      const at::Tensor& grad_u, const at::Tensor& v, const at::Tensor& h_prev,                                  \
+      const std::optional<at::Tensor>& label_prev, const at::Tensor& pred_prev, const at::Tensor& w_prior,      \
+      const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& select,            \
+      const std::optional<at::Tensor>& b_q, const std::optional<at::Tensor>& b_k,                               \
+      const std::optional<at::Tensor>& b_v);
+
+namespace cpu {
+PIMM_FAST_DECLARE_KERNELS
+}  // namespace cpu
+
+namespace cuda {
+PIMM_FAST_DECLARE_KERNELS
+}  // namespace cuda
+
+#undef PIMM_FAST_DECLARE_KERNELS
+
+}  // namespace pimm_fast

@@ -1,0 +1,20 @@
+"""pimm_fast: multi-task learning over cascaded targets (impression -> click -> conversion -> ...).
+
+PIMM (Weng et al., SIGIR 2023) with fused kernels behind torch custom ops; see README.md.
+"""
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+from . import ops, reference  # ops first: it defines the op schemas and loads the compiled kernels
+from ._info import build_info
+from .modules import PIM, Curriculum, FieldEmbedding, MLP
+from .models import PIMM
+
+try:
+    __version__ = _metadata.version("pimm-fast")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["PIMM", "PIM", "Curriculum", "FieldEmbedding", "MLP", "ops", "reference", "build_info",
+           "__version__"]

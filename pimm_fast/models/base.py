@@ -1,0 +1,69 @@
+"""What every cascade model shares: the forward contract, label checks and the loss."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+
+
+def check_num_tasks(num_tasks: int) -> int:
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 2:
+        raise ValueError(f"num_tasks must be an int >= 2 (a cascade has at least two stages), got {num_tasks!r}")
+    return num_tasks
+
+
+class CascadeModel(nn.Module):
+    """ids [B, F] -> probabilities [B, T] of the T funnel stages, in funnel order.
+
+    Subclasses implement ``_forward(x, labels)`` where labels are the validated float32 labels or None.
+    """
+
+    num_tasks: int
+    calibrator_weight: float = 0.0
+
+    def __init__(self, num_tasks: int, task_names: Optional[Sequence[str]] = None, calibrator_weight: float = 0.0):
+        super().__init__()
+        self.num_tasks = check_num_tasks(num_tasks)
+        names = tuple(task_names) if task_names is not None else tuple(f"task{t}" for t in range(num_tasks))
+        if len(names) != num_tasks:
+            raise ValueError(f"task_names has {len(names)} names for {num_tasks} tasks")
+        self.task_names = names
+        if calibrator_weight < 0:
+            raise ValueError(f"calibrator_weight must be >= 0, got {calibrator_weight}")
+        self.calibrator_weight = float(calibrator_weight)
+
+    def validate_labels(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if labels.device != like.device:
+            raise ValueError(f"labels are on {labels.device} but the model input is on {like.device}")
+        if labels.shape[:1] != like.shape[:1]:
+            raise ValueError(f"labels have {labels.shape[0] if labels.dim() else 0} rows but the batch has "
+                             f"{like.shape[0]}")
+        return ops.validate_labels(labels, self.num_tasks)
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.validate_labels(labels, x) if labels is not None else None
+        return self._forward(x, y)
+
+    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """sum_t BCE(yhat_t, y_t), plus the label-constraint calibrator
+        calibrator_weight * mean_i sum_t relu(yhat_t - yhat_{t-1}) when its weight is > 0."""
+        if probs.dim() != 2 or probs.shape[1] != self.num_tasks:
+            raise ValueError(f"probs must be [B, {self.num_tasks}], got {list(probs.shape)}")
+        y = self.validate_labels(labels, probs)
+        p = probs.float()
+        loss = F.binary_cross_entropy(p, y, reduction="none").mean(0).sum()
+        if self.calibrator_weight > 0:
+            loss = loss + self.calibrator_weight * calibrator(p)
+        return loss
+
+
+def calibrator(probs: torch.Tensor) -> torch.Tensor:
+    """AITM's label constraint: batch mean of sum_t relu(yhat_t - yhat_{t-1})."""
+    return torch.relu(probs[:, 1:] - probs[:, :-1]).sum(1).mean()
