@@ -6,9 +6,27 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace pimm_fast {
+
+// dtype names as Python prints them, so that messages match the reference backend's.
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kHalf: return "torch.float16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
 
 inline bool is_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
@@ -34,11 +52,11 @@ inline void check_embedding_concat(const at::Tensor& indices, const at::Tensor& 
                                    const at::Tensor& field_offsets) {
   const char* op = "embedding_concat";
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong, op,
-                   ": indices must be int32 or int64, got ", indices.scalar_type());
+                   ": indices must be int32 or int64, got ", dtype_name(indices.scalar_type()));
   TORCH_CHECK_TYPE(is_float(weight.scalar_type()), op, ": weight must be a floating tensor, got ",
-                   weight.scalar_type());
+                   dtype_name(weight.scalar_type()));
   TORCH_CHECK_TYPE(field_offsets.scalar_type() == at::kLong, op, ": field_offsets must be int64, got ",
-                   field_offsets.scalar_type());
+                   dtype_name(field_offsets.scalar_type()));
   TORCH_CHECK_VALUE(indices.dim() == 2, op, ": indices must be [B, F], got shape ", indices.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be [num_rows, D], got shape ", weight.sizes());
   TORCH_CHECK_VALUE(field_offsets.dim() == 1 && field_offsets.size(0) == indices.size(1), op,
@@ -69,25 +87,25 @@ inline void check_pim_attention(const at::Tensor& v, const at::Tensor& h_prev,
                                 const std::optional<at::Tensor>& b_k, const std::optional<at::Tensor>& b_v) {
   const char* op = "pim_attention";
   TORCH_CHECK_VALUE(v.dim() == 2, op, ": v must be [B, d], got shape ", v.sizes());
-  TORCH_CHECK_TYPE(is_float(v.scalar_type()), op, ": v must be a floating tensor, got ", v.scalar_type());
+  TORCH_CHECK_TYPE(is_float(v.scalar_type()), op, ": v must be a floating tensor, got ", dtype_name(v.scalar_type()));
   const int64_t B = v.size(0), d = v.size(1);
   auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape, bool same_dtype) {
     TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, " (B=", B, ", d=", d,
                       "), got ", t.sizes());
     if (same_dtype) {
-      TORCH_CHECK_TYPE(t.scalar_type() == v.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
-                       " but v has ", v.scalar_type(), "; they must match");
+      TORCH_CHECK_TYPE(t.scalar_type() == v.scalar_type(), op, ": ", name, " has dtype ", dtype_name(t.scalar_type()),
+                       " but v has ", dtype_name(v.scalar_type()), "; they must match");
     }
     check_same_device(op, v, "v", t, name);
   };
   check(h_prev, "h_prev", {B, d}, true);
   check(pred_prev, "pred_prev", {B}, false);
   TORCH_CHECK_TYPE(is_float(pred_prev.scalar_type()), op, ": pred_prev must be a floating tensor, got ",
-                   pred_prev.scalar_type());
+                   dtype_name(pred_prev.scalar_type()));
   if (label_prev) {
     check(*label_prev, "label_prev", {B}, false);
     TORCH_CHECK_TYPE(is_label_type(label_prev->scalar_type()), op,
-                     ": label_prev must be a float, integer or bool tensor, got ", label_prev->scalar_type());
+                     ": label_prev must be a float, integer or bool tensor, got ", dtype_name(label_prev->scalar_type()));
   }
   check(w_prior, "w_prior", {d}, true);
   check(w_q, "w_q", {d, d}, true);
@@ -101,7 +119,7 @@ inline void check_pim_attention(const at::Tensor& v, const at::Tensor& h_prev,
 // p (0-dim float) and seed (0-dim int64) are read on the host.
 inline float read_p(const at::Tensor& p) {
   TORCH_CHECK_VALUE(p.dim() == 0, "pim_attention: p must be a 0-dim tensor, got shape ", p.sizes());
-  TORCH_CHECK_TYPE(is_float(p.scalar_type()), "pim_attention: p must be a floating tensor, got ", p.scalar_type());
+  TORCH_CHECK_TYPE(is_float(p.scalar_type()), "pim_attention: p must be a floating tensor, got ", dtype_name(p.scalar_type()));
   const float value = p.item<float>();
   TORCH_CHECK_VALUE(value >= 0.f && value <= 1.f, "pim_attention: p must lie in [0, 1], got ", value);
   return value;
@@ -110,7 +128,7 @@ inline float read_p(const at::Tensor& p) {
 inline uint64_t read_seed(const at::Tensor& seed) {
   TORCH_CHECK_VALUE(seed.dim() == 0, "pim_attention: seed must be a 0-dim tensor, got shape ", seed.sizes());
   TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "pim_attention: seed must have dtype int64, got ",
-                   seed.scalar_type());
+                   dtype_name(seed.scalar_type()));
   const int64_t value = seed.item<int64_t>();
   TORCH_CHECK_VALUE(value >= 0, "pim_attention: seed must be non-negative, got ", value);
   return static_cast<uint64_t>(value);

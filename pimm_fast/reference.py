@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from . import _checks
 
 __all__ = [
+    "philox4x32_10",
     "philox_uniform",
     "embedding_concat",
     "embedding_concat_backward",
@@ -52,7 +53,22 @@ def _mul_hi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _as_seed(seed: ScalarOrTensor, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(seed, dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        return seed  # validated by the caller: 0-dim int64
+    return torch.tensor(int(seed), dtype=torch.int64, device=device)
+
+
+def philox4x32_10(counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The Philox4x32-10 block cipher (Salmon et al., SC'11) on uint32 words held in int64 tensors."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(PHILOX_ROUNDS):
+        hi_b, lo_b = _mul_hi_lo(PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + PHILOX_KEY_A) & _MASK32
+        k1 = (k1 + PHILOX_KEY_B) & _MASK32
+    return c0, c1, c2, c3
 
 
 def philox_uniform(seed: ScalarOrTensor, n: int, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -64,25 +80,17 @@ def philox_uniform(seed: ScalarOrTensor, n: int, device: Optional[torch.device] 
     """
     if n >= 2**31:
         raise ValueError(f"philox_uniform: n must be < 2**31 (int32 counters), got {n}")
-    seed_t = _as_seed(seed, device if device is not None else
-                      (seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu")))
+    if device is None:
+        device = seed.device if isinstance(seed, torch.Tensor) else torch.device("cpu")
+    seed_t = _as_seed(seed, device).to(device)
+    _checks.check_scalar("philox_uniform", "seed", seed_t, (torch.int64,))
     _checks.require(seed_t >= 0, ValueError, "philox_uniform: seed must be non-negative",
                     lambda: f"philox_uniform: seed must be non-negative, got {int(seed_t)}")
-    dev = seed_t.device
-    c0 = torch.arange(n, dtype=torch.int64, device=dev)
-    c1 = torch.zeros_like(c0)
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
-    k0 = seed_t & _MASK32
-    k1 = (seed_t >> 32) & _MASK32
-    for _ in range(PHILOX_ROUNDS):
-        hi_b, lo_b = _mul_hi_lo(PHILOX_ROUND_B, c2)
-        hi_a, lo_a = _mul_hi_lo(PHILOX_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0 = (k0 + PHILOX_KEY_A) & _MASK32
-        k1 = (k1 + PHILOX_KEY_B) & _MASK32
+    counter = torch.arange(n, dtype=torch.int64, device=device)
+    zero = torch.zeros_like(counter)
+    c0 = philox4x32_10((counter, zero, zero, zero), (seed_t & _MASK32, (seed_t >> 32) & _MASK32))[0]
     folded = torch.where(c0 >= 2**31, _MASK32 - c0, c0)  # int32 view x, then x < 0 ? ~x : x
-    scale = torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=dev)
+    scale = torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=device)
     return folded.to(torch.float32) * scale
 
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "../checks.h"
+#include "../ops.h"
 
 namespace pimm_fast::cpu {
 

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "../checks.h"
+#include "../ops.h"
 #include "../philox.h"
 #include "../pim_common.h"
 
@@ -137,9 +138,7 @@ std::tuple<at::Tensor, at::Tensor> pim_attention(
   return {u.to(v.scalar_type()), select};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
-pim_attention_backward(const at::Tensor& grad_u, const at::Tensor& v, const at::Tensor& h_prev,
+PimGrads pim_attention_backward(const at::Tensor& grad_u, const at::Tensor& v, const at::Tensor& h_prev,
                        const std::optional<at::Tensor>& label_prev, const at::Tensor& pred_prev,
                        const at::Tensor& w_prior, const at::Tensor& w_q, const at::Tensor& w_k,
                        const at::Tensor& w_v, const at::Tensor& select, const std::optional<at::Tensor>& b_q,

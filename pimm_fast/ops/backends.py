@@ -14,20 +14,24 @@ BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 # Kernel backend -> (dispatch key it registers for, device types it serves).
 _KERNEL_DEVICES = {"cpp": ("CPU", ("cpu",)), "cuda": ("CUDA", ("cuda",)), "triton": (None, ("cuda", "cpu"))}
 
+# Read once at import (after the library loaded): constants keep resolve_backend traceable by dynamo.
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+# Triton runs on CPU tensors only in its interpreter (TRITON_INTERPRET=1, set before triton is imported).
+_TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_CPP = _extension.STATE.loaded and _extension.has_kernel("embedding_concat", "cpp", "CPU")
+_CUDA = _extension.STATE.loaded and _extension.has_kernel("embedding_concat", "cuda", "CUDA")
 
 
 def triton_interpreted() -> bool:
-    """Triton runs on CPU tensors only in its interpreter (TRITON_INTERPRET=1, set before import)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _TRITON_INTERPRETED
 
 
 def cpp_available() -> bool:
-    return _extension.STATE.loaded and _extension.has_kernel("embedding_concat", "cpp", "CPU")
+    return _CPP
 
 
 def cuda_compiled() -> bool:
-    return _extension.STATE.loaded and _extension.has_kernel("embedding_concat", "cuda", "CUDA")
+    return _CUDA
 
 
 def triton_available(device_type: str = "cuda") -> bool:

@@ -114,7 +114,8 @@ for _backend in KERNEL_BACKENDS:
 # ----------------------------------------------------------------------------------------------
 @torch.library.impl(qualname("validate_labels"), "CompositeExplicitAutograd", lib=lib)
 def _validate_labels(labels, num_tasks):
-    return reference.validate_labels(labels, num_tasks)
+    out = reference.validate_labels(labels, num_tasks)
+    return out.clone() if out is labels else out  # an op's output may not alias its input
 
 
 @torch.library.register_fake(qualname("validate_labels"), lib=lib)

@@ -166,10 +166,9 @@ def pim_attention_backward(grad_u, v, h_prev, label_prev, pred_prev, w_prior, w_
             cast(grad_u), cast(v), cast(h_prev), label, pred_prev.contiguous(), select.contiguous(),
             cast(w_prior), S, c, cast(w_v), grad_v, grad_zm, part_vec, part_mat, B, d,
             HAS_LABEL=label_prev is not None, BLOCK_B=BLOCK_B, BLOCK_D=bd)
-    vec = part_vec.sum(0)[:, :d]
-    mat = part_mat.sum(0)[:, :d, :d]
-    g_wp, r, g_bv = vec
-    G, g_wv = mat
+    # one reduction per output, so that no two outputs share storage
+    g_wp, r, g_bv = (part_vec[:, i, :d].sum(0) for i in range(3))
+    G, g_wv = (part_mat[:, i, :d, :d].sum(0) for i in range(2))
     scale = 1.0 / math.sqrt(d)
     q, k = w_q.to(ct), w_k.to(ct)
     g_wq = k @ G
