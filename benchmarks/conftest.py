@@ -1,0 +1,51 @@
+"""Benchmarks: each compares providers of one workload side by side in one pytest-benchmark run.
+
+    make bench                                   # every benchmark, timed
+    pytest benchmarks --benchmark-only -k pim    # a subset
+    pytest benchmarks --benchmark-disable        # run each case once (CI: keeps them from rotting)
+
+Providers: reference (pimm_fast.reference, eager autograd), compile (torch.compile of the reference),
+cpp, cuda, triton (the fused kernels; triton and cuda need a GPU).
+"""
+import os
+from pathlib import Path
+
+if not Path("/dev/nvidia0").exists():  # as in tests/conftest.py: Triton only runs interpreted here
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pimm_fast.ops import backends  # noqa: E402
+
+THREADS = int(os.environ.get("PIMM_FAST_BENCH_THREADS", "2"))
+PROVIDERS = ("reference", "compile", "cpp", "triton", "cuda")
+
+
+def provider_device(provider: str) -> str:
+    return "cuda" if provider in ("cuda", "triton") else "cpu"
+
+
+def skip_unless_available(provider: str) -> None:
+    if provider in ("reference", "compile"):
+        return
+    device = provider_device(provider)
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip(f"{provider}: needs a GPU")
+    if not backends.is_available(provider, device):
+        pytest.skip(f"{provider}: not available here")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request):
+    skip_unless_available(request.param)
+    return request.param
