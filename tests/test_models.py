@@ -233,3 +233,13 @@ def test_generated_data_obeys_the_cascade():
     data = generate(5000, seed=3)
     assert torch.all(data.y[:, 1] <= data.y[:, 0])
     assert torch.all(data.probs[:, 1] <= data.probs[:, 0])
+
+
+def test_a_given_embedding_module_is_shared():
+    embedding = pimm_fast.FieldEmbedding(FIELD_DIMS, 3)
+    model = PIMM(FIELD_DIMS, embed_dim=3, tower_dims=(8,), embedding=embedding)
+    assert model.embedding is embedding
+    with pytest.raises(ValueError, match="differ from field_dims"):
+        PIMM((1, 2), tower_dims=(8,), embedding=embedding)
+    with pytest.raises(TypeError, match="must have a 'field_dims' attribute"):
+        PIMM(FIELD_DIMS, tower_dims=(8,), embedding=torch.nn.Linear(3, 3))

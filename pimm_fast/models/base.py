@@ -8,6 +8,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..modules import FieldEmbedding
+
+
+def make_embedding(field_dims: Sequence[int], embed_dim: int, backend: str,
+                   embedding: Optional[nn.Module] = None) -> nn.Module:
+    """The shared embedding of a model: ``embedding`` when given (any module mapping ids [B, F] to
+    [B, output_dim] with ``field_dims`` and ``output_dim`` attributes, e.g. a fused-optimizer
+    embedding), else a ``FieldEmbedding(field_dims, embed_dim, backend)``."""
+    if embedding is None:
+        return FieldEmbedding(field_dims, embed_dim, backend=backend)
+    for attr in ("field_dims", "output_dim"):
+        if not hasattr(embedding, attr):
+            raise TypeError(f"embedding must have a {attr!r} attribute (see pimm_fast.FieldEmbedding)")
+    if tuple(embedding.field_dims) != tuple(field_dims):
+        raise ValueError(f"embedding.field_dims {tuple(embedding.field_dims)} differ from field_dims "
+                         f"{tuple(field_dims)}")
+    return embedding
 
 
 def check_num_tasks(num_tasks: int) -> int:

@@ -6,14 +6,14 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..modules import PIM, Curriculum, FieldEmbedding, MLP
+from ..modules import PIM, Curriculum
 from ..modules.tower import make_activation
-from .base import CascadeModel
+from .tower_models import TowerModel, bottom_factory
 
 SEED_HIGH = 2**62  # Philox keys are drawn in [0, 2**62) from torch's generator
 
 
-class PIMM(CascadeModel):
+class PIMM(TowerModel):
     """Shared embedding -> one tower per task -> PIM between consecutive tasks (ARCHITECTURE.md sec. 2).
 
     Task 0: U_0 = v_0. Task t >= 1: U_t = PIM(v_t, H_{t-1}, y_{t-1} or yhat_{t-1}). Each task predicts
@@ -22,21 +22,28 @@ class PIMM(CascadeModel):
     ``model(x)`` predicts without labels (p = 0). ``model(x, labels=y)`` in training mode feeds the
     label y_{t-1} to PIM with the curriculum probability p = curriculum(epoch), set by ``set_epoch``.
     In eval mode labels are checked but not fed: evaluation sees what inference sees.
+
+    ``backbone`` is what the towers read: "towers" (the paper's model: the embedding), "mmoe" or "ple"
+    (task t's tower reads its gated expert mixture; the expert options then apply, None = the
+    defaults of ``MMoE`` / ``PLE``).
     """
 
     def __init__(self, field_dims: Sequence[int], num_tasks: int = 2, embed_dim: int = 5,
                  tower_dims: Sequence[int] = (128, 64, 32), curriculum: Optional[Curriculum] = None,
                  dropout: float = 0.0, batch_norm: bool = False, attention_bias: bool = False,
                  transfer_activation: str = "relu", calibrator_weight: float = 0.0, backend: str = "auto",
-                 task_names: Optional[Sequence[str]] = None):
-        super().__init__(num_tasks, task_names, calibrator_weight)
+                 task_names: Optional[Sequence[str]] = None, embedding: Optional[nn.Module] = None,
+                 backbone: str = "towers", num_experts: Optional[int] = None,
+                 expert_dims: Optional[Sequence[int]] = None, num_shared_experts: Optional[int] = None,
+                 num_specific_experts: Optional[int] = None, num_levels: Optional[int] = None):
+        bottom = bottom_factory(num_tasks, dropout, batch_norm, backbone, num_experts=num_experts,
+                                expert_dims=expert_dims, num_shared_experts=num_shared_experts,
+                                num_specific_experts=num_specific_experts, num_levels=num_levels)
+        super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, calibrator_weight,
+                         backend, task_names, embedding, bottom)
+        self.backbone = backbone
         self.curriculum = curriculum if curriculum is not None else Curriculum.aliccp()
-        self.embedding = FieldEmbedding(field_dims, embed_dim, backend=backend)
-        self.towers = nn.ModuleList(
-            MLP(self.embedding.output_dim, tower_dims, dropout=dropout, batch_norm=batch_norm)
-            for _ in range(num_tasks))
-        d = self.towers[0].out_dim
-        self.heads = nn.ModuleList(nn.Linear(d, 1) for _ in range(num_tasks))
+        d = self.tower_dim
         # FC_t: the implicit representation H_t passed from task t to task t+1
         self.transfers = nn.ModuleList(
             nn.Sequential(nn.Linear(d, d), make_activation(transfer_activation)) for _ in range(num_tasks - 1))
@@ -60,11 +67,9 @@ class PIMM(CascadeModel):
     def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         sample = labels is not None and self.training
         seeds = torch.randint(0, SEED_HIGH, (self.num_tasks - 1,), device=x.device) if sample else None
-        e = self.embedding(x)
         probs: list[torch.Tensor] = []
         h_prev = None
-        for t in range(self.num_tasks):
-            v = self.towers[t](e)
+        for t, v in enumerate(self.tower_outputs(x)):
             if t == 0:
                 u = v
             else:
