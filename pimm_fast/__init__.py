@@ -9,12 +9,12 @@ from importlib import metadata as _metadata
 from . import ops, reference  # ops first: it defines the op schemas and loads the compiled kernels
 from ._info import build_info
 from .modules import PIM, Curriculum, FieldEmbedding, MLP
-from .models import PIMM
+from .models import AITM, ESMM, MMoE, MNCM, PIMM, PLE, SharedBottom
 
 try:
     __version__ = _metadata.version("pimm-fast")
 except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["PIMM", "PIM", "Curriculum", "FieldEmbedding", "MLP", "ops", "reference", "build_info",
-           "__version__"]
+__all__ = ["PIMM", "SharedBottom", "ESMM", "MMoE", "PLE", "AITM", "MNCM", "PIM", "Curriculum", "FieldEmbedding",
+           "MLP", "ops", "reference", "build_info", "__version__"]
