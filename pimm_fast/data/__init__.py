@@ -1,4 +1,18 @@
-"""Data for cascade models: a synthetic generator with known ground truth (more loaders follow)."""
-from .synthetic import PRESETS, CascadeData, SyntheticConfig, generate, load_synthetic, train_test_split
+"""Data for cascade models: loaders for Ali-CCP (raw Tianchi files, AITM CSV, torch-rechub CSV), generic
+CSV / Parquet tables and a synthetic generator with known ground truth; an atomic cache; a fast batcher.
 
-__all__ = ["PRESETS", "CascadeData", "SyntheticConfig", "generate", "load_synthetic", "train_test_split"]
+    splits = pimm_fast.data.load("aitm-csv:/data/ali-ccp")        # or synthetic:demo, aliccp-raw:DIR, ...
+    for x, y in pimm_fast.data.Batcher(splits.train, 4096, seed=0): ...
+
+See docs/data.md for the formats, the spec strings and measured rates.
+"""
+from ._bytes import DataFormatError
+from .batching import Batcher
+from .cascade import POLICIES
+from .core import BagTable, CascadeData, Splits
+from .spec import KINDS, load, parse_spec
+from .synthetic import PRESETS, SyntheticConfig, generate, load_synthetic, preset_config, train_test_split
+
+__all__ = ["KINDS", "POLICIES", "PRESETS", "BagTable", "Batcher", "CascadeData", "DataFormatError", "Splits",
+           "SyntheticConfig", "generate", "load", "load_synthetic", "parse_spec", "preset_config",
+           "train_test_split"]

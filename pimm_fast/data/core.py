@@ -1,0 +1,123 @@
+"""Data containers: :class:`CascadeData` (one split), :class:`BagTable` (multi-valued fields), :class:`Splits`."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import torch
+
+from ..metrics import auc
+
+
+@dataclass
+class BagTable:
+    """Multi-valued fields stored once per owner row (CSR), shared by the samples that point at the row.
+
+    ``index[i]`` is the owner row of sample i: the impression itself for item-side bags, the user context
+    (common_features row) for user-side bags, so the hundreds of user-history ids are never copied per
+    impression. Field j of owner row r holds ``values[j][offsets[j][r]:offsets[j][r + 1]]`` (codes, 0 = rare).
+    """
+
+    names: tuple[str, ...]
+    dims: tuple[int, ...]
+    offsets: tuple[torch.Tensor, ...]  # int64 [R + 1] per field
+    values: tuple[torch.Tensor, ...]  # int32 [nnz] per field
+    index: torch.Tensor  # int64 [N]: owner row of each sample
+
+    def __post_init__(self):
+        if not (len(self.names) == len(self.dims) == len(self.offsets) == len(self.values)):
+            raise ValueError("BagTable: names, dims, offsets and values must have one entry per field")
+
+    def subset(self, index) -> "BagTable":
+        return replace(self, index=self.index[index])
+
+    def gather(self, rows: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """For samples ``rows``: {field: (ids [nnz], offsets [B + 1])}, the input of
+        ``torch.nn.EmbeddingBag(..., include_last_offset=True)``; vectorized, no per-sample Python."""
+        owner = self.index[rows]
+        out = {}
+        for name, off, val in zip(self.names, self.offsets, self.values):
+            start = off[owner]
+            length = off[owner + 1] - start
+            new_off = torch.zeros(len(owner) + 1, dtype=torch.int64)
+            torch.cumsum(length, 0, out=new_off[1:])
+            total = int(new_off[-1])
+            shift = torch.repeat_interleave(start - new_off[:-1], length, output_size=total)
+            flat = shift + torch.arange(total, dtype=torch.int64)
+            out[name] = (val[flat], new_off)
+        return out
+
+
+@dataclass
+class CascadeData:
+    """ids x [N, F] (int32, or int64), labels y [N, T] float32 obeying the cascade unless kept on purpose,
+    true marginals probs [N, T] where known (synthetic data), optional multi-valued fields in ``bags``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    field_dims: tuple[int, ...]
+    task_names: tuple[str, ...]
+    probs: Optional[torch.Tensor] = None
+    meta: dict = field(default_factory=dict)
+    bags: tuple[BagTable, ...] = ()
+
+    def __post_init__(self):
+        if self.x.dim() != 2 or self.y.dim() != 2 or self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x must be [N, F] and y [N, T], got {tuple(self.x.shape)} and {tuple(self.y.shape)}")
+        if self.x.shape[1] != len(self.field_dims):
+            raise ValueError(f"x has {self.x.shape[1]} fields but field_dims names {len(self.field_dims)}")
+        if self.y.shape[1] != len(self.task_names):
+            raise ValueError(f"y has {self.y.shape[1]} tasks but task_names names {len(self.task_names)}")
+        if self.x.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"x must hold int32 or int64 ids, got {self.x.dtype}")
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def num_tasks(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def bag_names(self) -> tuple[str, ...]:
+        return tuple(n for table in self.bags for n in table.names)
+
+    def subset(self, index: torch.Tensor | slice) -> "CascadeData":
+        return replace(self, x=self.x[index], y=self.y[index],
+                       probs=None if self.probs is None else self.probs[index],
+                       bags=tuple(table.subset(index) for table in self.bags))
+
+    def oracle_auc(self) -> list[float]:
+        """AUC of ranking by the true marginal P(y_t = 1 | x), per task (nan without ground truth)."""
+        if self.probs is None:
+            return [math.nan] * self.num_tasks
+        return [auc(self.probs[:, t], self.y[:, t]) for t in range(self.num_tasks)]
+
+    def rates(self) -> list[float]:
+        """Positive rate of each task over all rows."""
+        return [float(self.y[:, t].double().mean()) if len(self) else math.nan for t in range(self.num_tasks)]
+
+
+@dataclass
+class Splits:
+    """What :func:`pimm_fast.data.load` returns: the splits ready for the batcher, and what was done to them."""
+
+    train: CascadeData
+    valid: Optional[CascadeData]
+    test: CascadeData
+    field_dims: tuple[int, ...]
+    task_names: tuple[str, ...]
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(self.train.meta.get("field_names", ()))
+
+    def summary(self) -> str:
+        parts = [f"train {len(self.train):,}"]
+        if self.valid is not None:
+            parts.append(f"valid {len(self.valid):,}")
+        parts.append(f"test {len(self.test):,}")
+        return (f"{', '.join(parts)} rows; {len(self.field_dims)} fields; tasks {' -> '.join(self.task_names)}"
+                + (f"; bags {', '.join(self.train.bag_names)}" if self.train.bags else ""))
