@@ -28,9 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a cascade model and report per-task AUC on held-out data")
-    train.add_argument("--data", default="synthetic:demo",
-                       help="data spec: synthetic:demo (2 tasks) or synthetic:demo3 (3 tasks)")
-    train.add_argument("--samples", type=int, default=300_000, help="synthetic impressions (train + test)")
+    train.add_argument("--data", default="synthetic:demo", action=_DataOption,
+                       help="data spec (docs/data.md): synthetic[:demo|demo3|aliccp|industrial], aliccp-raw:DIR, "
+                            "aitm-csv:DIR, rechub-csv:DIR, csv:PATH; options may follow as ?key=value&...")
+    train.add_argument("--samples", type=int, default=300_000,
+                       help="synthetic impressions (train + test); ignored by file sources")
+    data = train.add_argument_group("data options (folded into the --data spec as ?key=value)")
+    data.add_argument("--labels", dest="labels", action=_DataOption, default=argparse.SUPPRESS,
+                      help="csv: label columns in funnel order, comma-separated (e.g. click,purchase)")
+    data.add_argument("--features", dest="features", action=_DataOption, default=argparse.SUPPRESS,
+                      help="csv: categorical feature columns, comma-separated (default: all other columns)")
+    data.add_argument("--extra-columns", dest="extra", action=_DataOption, default=argparse.SUPPRESS,
+                      choices=("ignore", "error"), help="csv: columns named neither label nor feature")
+    data.add_argument("--cascade-policy", dest="policy", action=_DataOption, default=argparse.SUPPRESS,
+                      choices=("drop", "error", "keep"), help="rows breaking the cascade (default: drop, counted)")
+    data.add_argument("--variant", dest="variant", action=_DataOption, default=argparse.SUPPRESS,
+                      choices=("aitm", "full"), help="aliccp-raw: 18 AITM fields, or 17 + 6 multi-valued bags")
+    data.add_argument("--cache-dir", dest="cache", action=_DataOption, default=argparse.SUPPRESS,
+                      help="cache of preprocessed files ('none' disables; default $PIMM_FAST_CACHE_DIR or "
+                           "~/.cache/pimm_fast)")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=1024)
     train.add_argument("--lr", type=float, default=2e-3)
@@ -51,13 +67,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_data(spec: str, samples: int, seed: int):
-    from .data import load_synthetic
+class _DataOption(argparse.Action):
+    """``--data`` and the data options: the options are folded into the spec (``?key=value&...``), so that
+    ``args.data`` alone names the source, whatever the order of the flags."""
 
-    kind, _, arg = spec.partition(":")
-    if kind != "synthetic":
-        raise SystemExit(f"unknown data spec {spec!r}: this version reads synthetic:<preset>")
-    return load_synthetic(arg or "demo", num_samples=samples, seed=seed)
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, "_data_options", {}))
+        if self.dest == "data":
+            namespace._data_base = values
+        else:
+            options[self.dest] = values
+            namespace._data_options = options
+        base = getattr(namespace, "_data_base", None) or parser.get_default("data")
+        if options:
+            from urllib.parse import urlencode
+
+            base += ("&" if "?" in base else "?") + urlencode(options, safe=",/")
+        namespace.data = base
+
+
+def load_data(spec: str, samples: int, seed: int):
+    """(train, test) of a data spec; bad specs and unreadable data exit with the reason."""
+    from .data import DataFormatError, load, parse_spec
+
+    try:
+        kind, _, options = parse_spec(spec)
+        extra = {}
+        if kind == "synthetic":  # the whole train part trains (no validation split), as before
+            extra = {"valid_fraction": options.get("valid_fraction", 0.0)}
+            if "samples" not in options:
+                extra["samples"] = samples
+        if "seed" not in options:
+            extra["seed"] = seed
+        splits = load(spec, log=lambda msg: print(msg, flush=True), **extra)
+    except (ValueError, FileNotFoundError, ImportError, DataFormatError) as err:
+        raise SystemExit(f"pimm-fast: {err}") from None
+    return splits.train, splits.test
 
 
 def format_table(result: dict) -> str:

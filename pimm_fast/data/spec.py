@@ -49,15 +49,15 @@ def _names(text) -> list[str]:
 _TYPES: dict[str, Callable[[Any], Any]] = {
     "samples": int, "seed": int, "scale": float, "valid_fraction": float, "test_fraction": float,
     "min_count": int, "variant": str, "policy": str, "labels": _names, "features": _names, "extra": str,
-    "encode": _bool, "dims": str, "header": str, "threads": int, "task_names": _names,
+    "encode": _bool, "dims": str, "header": str, "threads": int, "task_names": _names, "cache": str,
 }
 _ALLOWED = {
     "synthetic": {"samples", "seed", "scale", "valid_fraction", "test_fraction"},
-    "aliccp-raw": {"variant", "min_count", "policy", "valid_fraction", "seed", "threads"},
-    "aitm-csv": {"policy", "valid_fraction", "seed", "dims"},
-    "rechub-csv": {"policy"},
+    "aliccp-raw": {"variant", "min_count", "policy", "valid_fraction", "seed", "threads", "cache"},
+    "aitm-csv": {"policy", "valid_fraction", "seed", "dims", "cache"},
+    "rechub-csv": {"policy", "cache"},
     "csv": {"labels", "features", "extra", "encode", "min_count", "policy", "valid_fraction", "test_fraction",
-            "seed", "header", "task_names"},
+            "seed", "header", "task_names", "cache"},
 }
 
 
@@ -211,11 +211,13 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
     say = log or (lambda msg: None)
     if kind == "synthetic":
         return _load_synthetic(arg, opts, spec)
+    if "cache" in opts:  # the spec names the cache: 'none' / 'off' disables it, 'auto' is the default place
+        cache_dir = None if opts["cache"].lower() in ("none", "off", "") else opts["cache"]
     if "policy" in opts:
         from .cascade import check_policy
         check_policy(opts["policy"])
     paths = _sources(kind, arg, opts)
-    cache_options = {k: v for k, v in opts.items() if k != "threads"}
+    cache_options = {k: v for k, v in opts.items() if k not in ("threads", "cache")}
     key = cache.cache_key(kind, cache.fingerprint(paths), cache_options)
     target = None
     if cache_dir is not None:

@@ -1,4 +1,4 @@
-"""A small, fast training loop for cascade models: shuffled slices of in-memory tensors, Adam."""
+"""A small, fast training loop for cascade models: batches from :class:`pimm_fast.data.Batcher`, Adam."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from ..data import CascadeData
+from ..data import Batcher, CascadeData
 from ..metrics import auc
 
 
@@ -31,10 +31,11 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
-def _batches(n: int, batch_size: int, generator: Optional[torch.Generator]):
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
+def _batcher(data: CascadeData, batch_size: int, device: torch.device, shuffle: bool, seed: int = 0) -> Batcher:
+    """Batches by slicing (one permutation per epoch when shuffled); page-locked copies to a CUDA device."""
+    on_cuda = device.type == "cuda"
+    return Batcher(data, batch_size, shuffle=shuffle, seed=seed, device=device if on_cuda else None,
+                   pin_memory=on_cuda and shuffle)
 
 
 @torch.no_grad()
@@ -43,7 +44,7 @@ def predict(model: torch.nn.Module, data: CascadeData, batch_size: int = 16384) 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [model(data.x[idx].to(device)).float().cpu() for idx in _batches(len(data), batch_size, None)]
+    out = [model(x).float().cpu() for x, _ in _batcher(data, batch_size, device, shuffle=False)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, data.num_tasks)
 
@@ -75,8 +76,8 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
     device = next(model.parameters()).device
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
-    steps = math.ceil(len(train) / config.batch_size)
+    batcher = _batcher(train, config.batch_size, device, shuffle=True, seed=config.seed)
+    steps = len(batcher)
     history = []
     for epoch in range(config.epochs):
         model.train()
@@ -84,12 +85,12 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
             model.set_epoch(epoch)
         start = time.perf_counter()
         total, seen = 0.0, 0
-        bar = tqdm(_batches(len(train), config.batch_size, generator), total=steps, disable=not config.progress,
+        batcher.set_epoch(epoch)  # the order of epoch e depends only on (config.seed, e)
+        bar = tqdm(batcher, total=steps, disable=not config.progress,
                    desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=0.5)
-        for step, idx in enumerate(bar):
+        for step, (x, y) in enumerate(bar):
             if config.per_step_curriculum and hasattr(model, "set_epoch"):
                 model.set_epoch(epoch + step / steps)
-            x, y = train.x[idx].to(device), train.y[idx].to(device)
             probs = model(x, labels=y)
             loss = model.loss(probs, y)
             optimizer.zero_grad(set_to_none=True)
@@ -97,8 +98,8 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
             optimizer.step()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
-            total += loss.item() * len(idx)
-            seen += len(idx)
+            total += loss.item() * len(x)
+            seen += len(x)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{total / seen:.4f}", p=f"{getattr(model, 'p', 0.0):.3f}")
         record = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": time.perf_counter() - start,
