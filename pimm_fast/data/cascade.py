@@ -44,10 +44,9 @@ def check_labels(y: np.ndarray, task_names: Sequence[str], source: str,
     if bad.any():
         flat = int(np.flatnonzero(bad.any(axis=1))[0])
         t = int(np.flatnonzero(bad[flat])[0])
-        value = y[flat, t]
-        kind = "NaN" if isinstance(value, float | np.floating) and np.isnan(value) else (
-            "negative" if value < 0 else "not 0/1")
-        raise DataFormatError(f"{source}, {where(flat)}: label {task_names[t]!r} = {value!r} is {kind} "
+        value = float(y[flat, t])
+        kind = "NaN" if np.isnan(value) else ("negative" if value < 0 else "not 0/1")
+        raise DataFormatError(f"{source}, {where(flat)}: label {task_names[t]!r} = {value:g} is {kind} "
                               f"({int(bad.any(axis=1).sum())} bad row(s) in all)")
 
 

@@ -37,6 +37,7 @@ class Table:
     first_line: int  # file line number of data row 0 (1 without a header, 2 with one)
     header: Optional[list]
     ignored: list  # names (or indices) of the columns that were read past
+    label_names: Optional[list] = None  # label columns as the file names them (for messages)
 
     def where(self, row: int) -> str:
         return f"line {self.first_line + row}"
@@ -177,8 +178,13 @@ def read_csv(path: Path, labels: Sequence, features: Sequence = (), feature_kind
             if not has_header and not all(_is_number(t) for t in first):
                 raise DataFormatError(f"{path}, line 1: neither the expected header {list(expected_header)} nor "
                                       f"numeric data: {first[:6]}...")
-        else:
-            has_header = not all(_is_number(t) for t in first)
+        else:  # by the label columns: named labels appear in a header; label cells of data rows are numbers
+            named = [c for c in labels if not (isinstance(c, int) or str(c).isdigit())]
+            if named:
+                stripped = [t.strip() for t in first]
+                has_header = all(str(c) in stripped for c in named) or not all(_is_number(t) for t in stripped)
+            else:
+                has_header = not all(_is_number(first[int(c)]) for c in labels if int(c) < ncols)
     elif header in ("yes", "no"):
         has_header = header == "yes"
     else:
@@ -247,7 +253,7 @@ def read_csv(path: Path, labels: Sequence, features: Sequence = (), feature_kind
     y = (np.stack([_parse_labels(merged[j], path, first_line, label_names[j]) for j in range(len(label_idx))], 1)
          if len(merged[0]) else np.zeros((0, len(label_idx))))
     return Table(path=path, labels=y, features=merged[len(label_idx):], first_line=first_line,
-                 header=names, ignored=ignored)
+                 header=names, ignored=ignored, label_names=label_names)
 
 
 def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[str]], extra: str = "ignore"
@@ -285,7 +291,8 @@ def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[
         else:
             feats.append(np.array([b"" if v is None else str(v).encode() for v in col], dtype=bytes)
                          if col.size else np.zeros(0, "S1"))
-    return Table(path=path, labels=y, features=feats, first_line=1, header=schema_names, ignored=rest)
+    return Table(path=path, labels=y, features=feats, first_line=1, header=schema_names, ignored=rest,
+                 label_names=list(labels))
 
 
 def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", header="auto",
@@ -303,7 +310,7 @@ def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", h
 # ---------------------------------------------------------------------------------------------------------------
 def finish_table(table: Table, task_names: Sequence[str], policy: str, stats: dict, key: str):
     """Label checks + cascade policy on one file; returns (features list, y float32) of the kept rows."""
-    check_labels(table.labels, task_names, str(table.path), where=table.where)
+    check_labels(table.labels, table.label_names or task_names, str(table.path), where=table.where)
     fstats: dict = {"rows": len(table.labels)}
     keep = apply_policy(table.labels, policy, task_names, str(table.path), fstats, where=table.where)
     y = table.labels.astype(np.float32)

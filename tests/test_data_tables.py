@@ -1,0 +1,209 @@
+"""AITM CSV, torch-rechub CSV and generic CSV / Parquet loaders: real samples (skipped when absent) + fixtures."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pimm_fast.data import DataFormatError, load
+from pimm_fast.data.aliccp import AITM_FIELDS, AITM_VOCAB_SIZES
+
+HEADER = "click,purchase," + ",".join(AITM_FIELDS)
+
+
+def aitm_row(click, purchase, base=1):
+    return ",".join([str(click), str(purchase)] + [str((base + j) % AITM_VOCAB_SIZES[f]) for j, f in
+                                                  enumerate(AITM_FIELDS)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real samples
+# ---------------------------------------------------------------------------------------------------------------
+def test_real_aitm_sample_cascade_policies(data_dir):
+    d = data_dir / "ali-ccp" / "paddlerec-aitm"
+    dropped = load(f"aitm-csv:{d}", cache_dir=None)
+    s = dropped.stats
+    # train.csv: 48 rows + header, 2 violations; test.csv: 50 rows, no header (not a lost first row), 3 violations
+    assert s["train_header"] is True and s["test_header"] is False
+    assert s["train_file"] == {"rows": 48, "cascade_violations": 2, "cascade_dropped": 2, "kept": 46}
+    assert s["test_file"] == {"rows": 50, "cascade_violations": 3, "cascade_dropped": 3, "kept": 47}
+    assert len(dropped.train) + len(dropped.valid) == 46 and len(dropped.test) == 47
+    assert dropped.field_dims == tuple(AITM_VOCAB_SIZES[f] for f in AITM_FIELDS)
+    assert dropped.train.x.dtype == torch.int32 and dropped.train.y.dtype == torch.float32
+    for part in (dropped.train, dropped.valid, dropped.test):
+        assert torch.all(part.y[:, 1] <= part.y[:, 0])
+    first = [int(v) for v in (d / "test.csv").read_text().splitlines()[0].split(",")]
+    assert dropped.test.x[0].tolist() == first[2:]  # the first line of test.csv is data
+    kept = load(f"aitm-csv:{d}?policy=keep&valid_fraction=0", cache_dir=None)
+    assert len(kept.train) == 48 and len(kept.test) == 50 and kept.valid is None
+    assert int(((kept.train.y[:, 1] == 1) & (kept.train.y[:, 0] == 0)).sum()) == 2
+    with pytest.raises(DataFormatError, match=r"train\.csv, line 9: labels \(click=0, conversion=1\) .*2 such"):
+        load(f"aitm-csv:{d}", policy="error", cache_dir=None)
+
+
+def test_real_rechub_sample(data_dir):
+    splits = load(f"rechub-csv:{data_dir / 'ali-ccp' / 'torch-rechub'}", cache_dir=None)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (100, 50, 50)
+    assert len(splits.field_dims) == 23 and splits.field_names[12] == "210"
+    assert int(splits.train.y[:, 0].sum()) == 7 and int(splits.train.y[:, 1].sum()) == 1
+    assert splits.stats["ignored_columns"] == ["D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702",
+                                               "D853"]
+    for part in (splits.train, splits.valid, splits.test):
+        assert (part.x.max(0).values < torch.tensor(splits.field_dims)).all()
+
+
+def test_real_aliexpress_and_census_samples_through_the_generic_loader(data_dir):
+    path = data_dir / "aliexpress" / "torch-rechub" / "aliexpress_train_sample.csv"
+    cats = ",".join(f"categorical_{i}" for i in range(1, 17))
+    splits = load(f"csv:{path}?labels=click,conversion&features={cats}", cache_dir=None, valid_fraction=0.0)
+    assert len(splits.train) + len(splits.test) == 100 and len(splits.field_dims) == 16
+    assert splits.task_names == ("click", "conversion")
+    assert splits.field_dims[0] == 2  # categorical_1 is constant: one id plus the 0 for unseen
+    with pytest.raises(DataFormatError, match="neither labels nor features"):
+        load(f"csv:{path}?labels=click,conversion&features={cats}&extra=error", cache_dir=None)
+    census = data_dir / "census-income" / "torch-rechub" / "census_income_train_sample.csv"
+    # income and marital status are not a cascade: 'error' refuses them, 'keep' loads them as they are
+    with pytest.raises(DataFormatError, match="break the cascade"):
+        load(f"csv:{census}", labels=["income", "marital status"], policy="error", cache_dir=None)
+    kept = load(f"csv:{census}", labels=["income", "marital status"], policy="keep", cache_dir=None)
+    assert len(kept.train) + len(kept.valid) + len(kept.test) == 80 and len(kept.field_dims) == 39
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------------------------------
+def write_aitm(tmp_path, train_lines, test_lines, header=True):
+    (tmp_path / "train.csv").write_text(((HEADER + "\n") if header else "") + "\n".join(train_lines) + "\n")
+    (tmp_path / "test.csv").write_text("\n".join(test_lines) + "\n")
+    return tmp_path
+
+
+def test_aitm_fixture_vocabulary_checks_and_dev_file(tmp_path):
+    rows = [aitm_row(1, 0, i) for i in range(10)]
+    write_aitm(tmp_path, rows, rows[:3])
+    splits = load(f"aitm-csv:{tmp_path}", cache_dir=None, valid_fraction=0.2, seed=3)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (8, 2, 3)
+    bad = rows[:4] + [aitm_row(0, 0).replace(",", ",238635,", 1).split(",", 3)[0]]
+    big = ",".join(["0", "0", str(AITM_VOCAB_SIZES["101"])] + ["1"] * 17)
+    write_aitm(tmp_path, rows[:4] + [big], rows[:2])
+    with pytest.raises(DataFormatError, match=r"train\.csv, line 6: id 101 = 238635 is outside the vocabulary"):
+        load(f"aitm-csv:{tmp_path}", cache_dir=None)
+    data = load(f"aitm-csv:{tmp_path}?dims=data", cache_dir=None)
+    assert data.field_dims[0] == AITM_VOCAB_SIZES["101"] + 1
+    assert bad  # (keeps the helper honest: a row of 20 values)
+    (tmp_path / "ctr_cvr.train").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    (tmp_path / "ctr_cvr.dev").write_text("\n".join(rows[:4]) + "\n")
+    (tmp_path / "ctr_cvr.test").write_text(HEADER + "\n" + "\n".join(rows[:5]) + "\n")
+    official = load(f"aitm-csv:{tmp_path}", cache_dir=None)
+    assert (len(official.train), len(official.valid), len(official.test)) == (10, 4, 5)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("0,0,1,2", r"line 3: expected 20 comma-separated columns, found 4"),
+    (aitm_row(0, 0).replace("0,0,", "0,nan,", 1), r"line 3: label 'purchase' = nan is NaN"),
+    (aitm_row(0, 0).replace("0,0,", "-1,0,", 1), r"line 3: label 'click' = -1 is negative"),
+    (aitm_row(0, 0).replace("0,0,", "2,0,", 1), r"line 3: label 'click' = 2 is not 0/1"),
+    (aitm_row(0, 0).replace("0,0,", "yes,0,", 1), r"line 3: label 'click' = 'yes' is not a number"),
+    (aitm_row(0, 0).replace("0,0,1,", "0,0,x1,", 1), r"line 3: id 'x1' is not a non-negative integer"),
+    (aitm_row(0, 0).replace("0,0,1,", "0,0,-1,", 1), r"line 3: id '-1' is not a non-negative integer"),
+])
+def test_bad_csv_rows_are_named(tmp_path, line, message):
+    write_aitm(tmp_path, [aitm_row(0, 0), line, aitm_row(1, 1)], [aitm_row(0, 0)])
+    with pytest.raises(DataFormatError, match=message):
+        load(f"aitm-csv:{tmp_path}", cache_dir=None)
+
+
+def test_aitm_unexpected_header_and_missing_files(tmp_path):
+    (tmp_path / "train.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "test.csv").write_text("1,2,3\n")
+    with pytest.raises(DataFormatError, match=r"line 1: neither the expected header"):
+        load(f"aitm-csv:{tmp_path}", cache_dir=None)
+    (tmp_path / "test.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="missing test.csv"):
+        load(f"aitm-csv:{tmp_path}", cache_dir=None)
+
+
+def generic_rows(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    click = rng.random(n) < 0.3
+    buy = click & (rng.random(n) < 0.4)
+    users = rng.choice(["alice", "bob", "carol", "dave"], n)
+    items = rng.integers(0, 7, n)
+    return [f"{u},{i},{int(c)},{int(b)},{rng.random():.3f}" for u, i, c, b in zip(users, items, click, buy)]
+
+
+def test_generic_csv_names_indices_encoding_and_splits(tmp_path):
+    rows = generic_rows()
+    path = tmp_path / "t.csv"
+    path.write_text("user,item,click,buy,score\n" + "\n".join(rows) + "\n")
+    s = load(f"csv:{path}?labels=click,buy&features=user,item", cache_dir=None, seed=1)
+    assert (len(s.train), len(s.valid), len(s.test)) == (140, 20, 40)
+    assert s.field_dims == (5, 8) and s.task_names == ("click", "buy")
+    assert s.stats["ignored_columns"] == ["score"]
+    # codes follow sorted tokens: alice=1, bob=2, ...
+    users = {r.split(",")[0] for r in rows}
+    assert sorted(users) == ["alice", "bob", "carol", "dave"]
+    noheader = tmp_path / "n.csv"
+    noheader.write_text("\n".join(rows) + "\n")
+    by_index = load(f"csv:{noheader}?labels=2,3&features=0,1", cache_dir=None, seed=1)
+    assert torch.equal(by_index.train.x, s.train.x) and torch.equal(by_index.test.y, s.test.y)
+    with pytest.raises(DataFormatError, match=r"label column 'click' is not in the header \['"):
+        load(f"csv:{noheader}?labels=click,buy", cache_dir=None)
+    numeric = tmp_path / "numeric.csv"
+    numeric.write_text("\n".join(f"{i % 3},{i % 2},{i % 2}" for i in range(30)) + "\n")
+    with pytest.raises(DataFormatError, match="is named, but the file has no header line"):
+        load(f"csv:{numeric}?labels=click,buy", cache_dir=None)
+    assert len(load(f"csv:{numeric}?labels=1,2", cache_dir=None).test) == 6
+    with pytest.raises(DataFormatError, match="label column 'clicks' is not in the header"):
+        load(f"csv:{path}?labels=clicks,buy", cache_dir=None)
+    with pytest.raises(DataFormatError, match=r"column\(s\) \['score'\] are neither"):
+        load(f"csv:{path}?labels=click,buy&features=user,item&extra=error", cache_dir=None)
+    with pytest.raises(ValueError, match="name the label columns"):
+        load(f"csv:{path}", cache_dir=None)
+    rare = load(f"csv:{path}?labels=click,buy&features=user,item&min_count=1000", cache_dir=None)
+    assert rare.field_dims == (1, 1) and int(rare.train.x.abs().sum()) == 0  # everything rare -> 0
+
+
+def test_quoted_csv_matches_the_fast_path(tmp_path):
+    rows = generic_rows(60)
+    plain = tmp_path / "plain.csv"
+    plain.write_text("user,item,click,buy,score\n" + "\n".join(rows) + "\n")
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('"user","item","click","buy","score"\n' + "\n".join(
+        ",".join(f'"{v}"' for v in r.split(",")) for r in rows) + "\n")
+    a = load(f"csv:{plain}?labels=click,buy&features=user,item", cache_dir=None)
+    b = load(f"csv:{quoted}?labels=click,buy&features=user,item", cache_dir=None)
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+
+
+def test_directory_of_files_and_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [r.split(",") for r in generic_rows(120)]
+    for name, part in (("train", rows[:80]), ("valid", rows[80:100]), ("test", rows[100:])):
+        table = pa.table({"user": [r[0] for r in part], "item": [int(r[1]) for r in part],
+                          "click": [int(r[2]) for r in part], "buy": [int(r[3]) for r in part]})
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+    s = load(f"csv:{tmp_path}", labels=["click", "buy"], cache_dir=None)
+    assert (len(s.train), len(s.valid), len(s.test)) == (80, 20, 20)
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    for name, part in (("train", rows[:80]), ("val", rows[80:100]), ("test", rows[100:])):
+        (csv_dir / f"{name}.csv").write_text("user,item,click,buy\n" + "\n".join(",".join(r[:4]) for r in part))
+    c = load(f"csv:{csv_dir}", labels=["click", "buy"], cache_dir=None)
+    assert torch.equal(c.train.x, s.train.x) and torch.equal(c.valid.x, s.valid.x)
+    bad = pa.table({"user": ["a", "b"], "item": [1, 2], "click": [0.0, float("nan")], "buy": [0, 0]})
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(DataFormatError, match=r"bad\.parquet, row 2: label 'click' = nan is NaN"):
+        load(f"csv:{tmp_path / 'bad.parquet'}", labels=["click", "buy"], cache_dir=None, valid_fraction=0.0,
+             test_fraction=0.5)
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "t.parquet"
+    path.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        load(f"csv:{path}", labels=["a", "b"], cache_dir=None)
