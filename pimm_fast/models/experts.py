@@ -47,8 +47,11 @@ class Experts(nn.ModuleList):
     """n MLP experts over the same input; forward stacks their outputs into [B, n, d]."""
 
     def __init__(self, count: int, in_dim: int, dims: Sequence[int], dropout: float, batch_norm: bool):
+        dims = tuple(dims)
+        if not dims or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in dims):
+            raise ValueError(f"expert_dims must be a non-empty sequence of positive ints, got {dims!r}")
         super().__init__(MLP(in_dim, dims, dropout=dropout, batch_norm=batch_norm) for _ in range(count))
-        self.out_dim = self[0].out_dim if count else tuple(dims)[-1]  # a CGC level may have no shared experts
+        self.out_dim = dims[-1]  # also when there are none: a CGC level may have no shared experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self) == 0:
