@@ -195,7 +195,7 @@ def _parse_chunk(buf: np.ndarray, ncommas: int, single: Sequence[str], bags: Seq
     bag_len, bag_val = {}, {}
     for b, name in enumerate(bags):
         m = fsel == S + b
-        bag_val[name] = ids[m]
+        bag_val[name] = _downcast(ids[m])
         bag_len[name] = np.bincount(lsel[m], minlength=rows)
     misplaced_count = 0
     if misplaced:
@@ -357,7 +357,31 @@ _DENSE_LIMIT = 1 << 28  # raw ids below this are counted with bincount (a dense 
 class Vocabulary:
     """Codes 1..n for the raw ids of one field seen at least ``min_count`` times (increasing raw-id order), else 0."""
 
-    def __init__(self, values: np.ndarray, min_count: int, weights: Optional[np.ndarray] = None):
+    def __init__(self, values: np.ndarray, min_count: int, weights: Optional[np.ndarray] = None,
+                 row_weights: Optional[tuple[np.ndarray, np.ndarray]] = None):
+        """``weights``: one per value; or ``row_weights=(offsets, weight per row)`` for CSR values, expanded
+        block by block (the user-history bags hold hundreds of millions of values at full scale)."""
+        if (row_weights is not None and len(values) and 0 <= values.min() and values.max() < _DENSE_LIMIT
+                and values.max() < 16 * len(values) + (1 << 22)):
+            offsets, per_row = row_weights
+            top = int(values.max())
+            counts = np.zeros(top + 1, dtype=np.float64)
+            block = 1 << 16  # rows per block
+            for lo in range(0, len(per_row), block):
+                hi = min(lo + block, len(per_row))
+                a, b = int(offsets[lo]), int(offsets[hi])
+                w = np.repeat(per_row[lo:hi], np.diff(offsets[lo:hi + 1]))
+                counts += np.bincount(values[a:b], weights=w, minlength=top + 1)
+            kept = counts >= min_count - 1e-9
+            del counts
+            self.keys = None
+            self.dense = np.cumsum(kept, dtype=np.int32)
+            self.dense[~kept] = 0
+            self.size = int(self.dense.max(initial=0)) + 1
+            return
+        if row_weights is not None:
+            offsets, per_row = row_weights
+            weights = np.repeat(per_row, np.diff(offsets))
         present = values >= 0
         if not present.all():
             values = values[present]
@@ -369,13 +393,14 @@ class Vocabulary:
             self.keys = np.zeros(0, dtype=np.int64)
             return
         top = int(values.max())
-        if top < _DENSE_LIMIT and top < 8 * len(values) + (1 << 16):  # a dense table pays off
+        if top < _DENSE_LIMIT and top < 16 * len(values) + (1 << 22):  # a dense table pays off
             counts = np.bincount(values, weights=weights, minlength=top + 1)
             kept = counts >= min_count - 1e-9
-            codes = np.cumsum(kept, dtype=np.int64)
+            del counts
+            codes = np.cumsum(kept, dtype=np.int32)
             codes[~kept] = 0
-            self.dense = codes.astype(np.int32)
-            self.size = int(kept.sum()) + 1
+            self.dense = codes
+            self.size = int(codes.max(initial=0)) + 1
         else:
             uniq, inverse = np.unique(values, return_inverse=True)
             counts = np.bincount(inverse, weights=weights, minlength=len(uniq))
@@ -492,36 +517,39 @@ def load_raw_arrays(directory: Path, variant: str = "aitm", min_count: int = 12,
                 mask = np.repeat(keep if keep is not None else np.ones(sk.rows, bool), lengths)
                 vocab[name] = Vocabulary(sk.bag_values[name][mask], min_count)
             for name in user_bags:
-                lengths = np.diff(cm.bag_offsets[name])
-                vocab[name] = Vocabulary(cm.bag_values[name], min_count, weights=np.repeat(usage, lengths))
-        x = np.empty((len(rows), len(single)), dtype=np.int32)
-        for j, name in enumerate(single):
-            if name in USER_FIELDS:
-                x[:, j] = vocab[name].encode(cm.single[:, user_single.index(name)])[kept_join]
-            else:
-                x[:, j] = vocab[name].encode(sk.single[rows, item_single.index(name)])
-        y = y[rows]
-        for name in item_bags:
+                vocab[name] = Vocabulary(cm.bag_values[name], min_count, row_weights=(cm.bag_offsets[name], usage))
+        for name in item_bags:  # encode, then let the raw ids go at once (they are the bulk at full scale)
             arrays[f"table.item.{split}.{name}.offsets"] = sk.bag_offsets[name]
-            arrays[f"table.item.{split}.{name}.values"] = vocab[name].encode(sk.bag_values[name])
+            arrays[f"table.item.{split}.{name}.values"] = vocab[name].encode(sk.bag_values.pop(name))
         for name in user_bags:
             arrays[f"table.user.{split}.{name}.offsets"] = cm.bag_offsets[name]
-            arrays[f"table.user.{split}.{name}.values"] = vocab[name].encode(cm.bag_values[name])
-        owners = {"item": rows, "user": kept_join.astype(np.int64)}
-        del sk, cm, join
-        if split == "train" and valid_fraction > 0:
+            arrays[f"table.user.{split}.{name}.values"] = vocab[name].encode(cm.bag_values.pop(name))
+        del kept_join
+        if split == "train" and valid_fraction > 0:  # exact count, seeded; each part is built directly
             n_valid = int(round(len(rows) * valid_fraction))
             is_valid = np.zeros(len(rows), dtype=bool)
             is_valid[np.random.default_rng(seed).permutation(len(rows))[:n_valid]] = True
-            parts = {"train": ~is_valid, "valid": is_valid}
+            parts = {"train": rows[~is_valid], "valid": rows[is_valid]}
+            del is_valid
         else:
-            parts = {split: None}
-        for part, mask in parts.items():
-            arrays[f"{part}.x"] = x if mask is None else x[mask]
-            arrays[f"{part}.y"] = y if mask is None else y[mask]
+            parts = {split: rows}
+        del rows
+        user_codes = {name: vocab[name].encode(cm.single[:, user_single.index(name)]) for name in user_single}
+        for part, part_rows in parts.items():
+            x = np.empty((len(part_rows), len(single)), dtype=np.int32)
+            part_join = join[part_rows]
+            for j, name in enumerate(single):
+                if name in USER_FIELDS:
+                    x[:, j] = user_codes[name][part_join]
+                else:
+                    x[:, j] = vocab[name].encode(sk.single[part_rows, item_single.index(name)])
+            arrays[f"{part}.x"] = x
+            arrays[f"{part}.y"] = y[part_rows]
             if bags:
-                for group in ("item", "user"):
-                    arrays[f"{part}.bag.{group}"] = owners[group] if mask is None else owners[group][mask]
+                arrays[f"{part}.bag.item"] = part_rows
+                arrays[f"{part}.bag.user"] = part_join.astype(np.int64)
+            del x, part_join
+        del sk, cm, join, y, parts
         fstats["seconds"] = time.perf_counter() - t0
         stats[split + "_file"] = fstats
     stats["raw_rows"] = raw_rows
