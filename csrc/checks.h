@@ -2,6 +2,7 @@
 // conditions, same exception types (TORCH_CHECK_TYPE -> TypeError, TORCH_CHECK_VALUE -> ValueError,
 // TORCH_CHECK_INDEX -> IndexError), so every backend fails a bad call the same way.
 #pragma once
+#include <ATen/core/Formatting.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 

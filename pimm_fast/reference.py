@@ -19,6 +19,10 @@ __all__ = [
     "philox_uniform",
     "embedding_concat",
     "embedding_concat_backward",
+    "coalesce_rows",
+    "embedding_update_sgd",
+    "embedding_update_rowwise_adagrad",
+    "embedding_update_adam",
     "pim_attention",
     "pim_attention_backward",
     "validate_labels",
@@ -119,6 +123,65 @@ def embedding_concat_backward(grad_out: torch.Tensor, indices: torch.Tensor, fie
     grad = torch.zeros(num_rows, D, dtype=acc_dtype, device=grad_out.device)
     grad.index_add_(0, rows, grad_out.reshape(B * F_, D).to(acc_dtype))
     return grad.to(grad_out.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# fused optimizers: the backward of embedding_concat applies the update to the rows it touched
+# ----------------------------------------------------------------------------------------------
+def coalesce_rows(grad_out: torch.Tensor, indices: torch.Tensor, field_offsets: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, grads): the table rows a batch touched (sorted, unique) and their summed gradient (in fp32,
+    fp64 for fp64 tables).
+
+    A row hit by several samples gets one update with the sum of their gradients, as a coalesced
+    sparse gradient would (torch.optim.SparseAdam coalesces first).
+    """
+    B, F_ = indices.shape
+    D = grad_out.shape[1] // max(F_, 1)
+    rows = (indices.long() + field_offsets).reshape(-1)
+    unique, inverse = torch.unique(rows, sorted=True, return_inverse=True)
+    acc_dtype = torch.promote_types(grad_out.dtype, torch.float32)
+    grads = torch.zeros(unique.numel(), D, dtype=acc_dtype, device=grad_out.device)
+    grads.index_add_(0, inverse, grad_out.reshape(B * F_, D).to(acc_dtype))
+    return unique, grads
+
+
+def _write_rows(weight: torch.Tensor, rows: torch.Tensor, new_rows: torch.Tensor) -> None:
+    weight[rows] = new_rows.to(weight.dtype)
+
+
+@torch.no_grad()
+def embedding_update_sgd(grad_out, indices, field_offsets, weight, lr: float) -> None:
+    """w_r -= lr * g_r for every touched row r (in place)."""
+    rows, g = coalesce_rows(grad_out, indices, field_offsets)
+    _write_rows(weight, rows, weight[rows].to(g.dtype) - lr * g)
+
+
+@torch.no_grad()
+def embedding_update_rowwise_adagrad(grad_out, indices, field_offsets, weight, state_sum, lr: float,
+                                     eps: float) -> None:
+    """Row-wise Adagrad (one accumulator per row, as FBGEMM's EXACT_ROWWISE_ADAGRAD):
+    G_r += mean(g_r^2);  w_r -= lr * g_r / (sqrt(G_r) + eps)."""
+    rows, g = coalesce_rows(grad_out, indices, field_offsets)
+    acc = state_sum[rows] + (g * g).mean(1)
+    state_sum[rows] = acc
+    _write_rows(weight, rows, weight[rows].to(g.dtype) - lr * g / (acc.sqrt() + eps)[:, None])
+
+
+@torch.no_grad()
+def embedding_update_adam(grad_out, indices, field_offsets, weight, exp_avg, exp_avg_sq, step, lr: float,
+                          beta1: float, beta2: float, eps: float) -> None:
+    """Lazy Adam with torch.optim.SparseAdam's semantics: one step counter for the table (incremented
+    here), moments updated only for the touched rows, w_r -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m_r / (sqrt(v_r) + eps).
+    """
+    step += 1
+    t = float(step)
+    rows, g = coalesce_rows(grad_out, indices, field_offsets)
+    m = exp_avg[rows] + (g - exp_avg[rows]) * (1 - beta1)
+    v = exp_avg_sq[rows] + (g * g - exp_avg_sq[rows]) * (1 - beta2)
+    exp_avg[rows], exp_avg_sq[rows] = m, v
+    step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+    _write_rows(weight, rows, weight[rows].to(g.dtype) - step_size * m / (v.sqrt() + eps))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Building blocks shared by PIMM and the baselines."""
 from .curriculum import Curriculum
-from .embedding import FieldEmbedding
+from .embedding import FUSED_OPTIMIZERS, FieldEmbedding, FusedEmbedding
 from .pim import PIM
 from .tower import MLP
 
-__all__ = ["Curriculum", "FieldEmbedding", "MLP", "PIM"]
+__all__ = ["Curriculum", "FUSED_OPTIMIZERS", "FieldEmbedding", "FusedEmbedding", "MLP", "PIM"]

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .. import ops
+from .. import ops, reference
 
 
 def check_field_dims(field_dims: Sequence[int]) -> tuple[int, ...]:
@@ -54,13 +54,115 @@ class FieldEmbedding(nn.Module):
     def output_dim(self) -> int:
         return self.num_fields * self.embed_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_ids_shape(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.num_fields:
             raise ValueError(f"expected ids of shape [B, {self.num_fields}] (one column per field), "
                              f"got {list(x.shape)}")
         if x.device != self.weight.device:
             raise ValueError(f"ids are on {x.device} but the embedding table is on {self.weight.device}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_ids_shape(x)
         return ops.embedding_concat(x, self.weight, self.field_offsets, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"fields={self.num_fields}, rows={self.weight.shape[0]}, embed_dim={self.embed_dim}, backend={self.backend!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# fused optimizer
+# ----------------------------------------------------------------------------------------------
+FUSED_OPTIMIZERS = ("sgd", "rowwise_adagrad", "adam")
+_DEFAULT_EPS = {"sgd": 0.0, "rowwise_adagrad": 1e-10, "adam": 1e-8}
+
+
+class _LookupWithUpdate(torch.autograd.Function):
+    """Forward: embedding_concat. Backward: the optimizer step on the touched rows, and no gradient.
+
+    The table and the state are kept on ctx as attributes, not saved tensors: they are updated in
+    place, and a saved tensor would fail autograd's version check when the table is used twice
+    before one backward.
+    """
+
+    @staticmethod
+    def forward(ctx, indices, weight, field_offsets, backend, update, hparams, *state):
+        ctx.save_for_backward(indices, field_offsets)
+        ctx.weight, ctx.state, ctx.update, ctx.hparams = weight, state, update, hparams
+        if backend == "reference":
+            return reference.embedding_concat(indices, weight, field_offsets)
+        return ops.op("embedding_concat", backend)(indices, weight, field_offsets)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        indices, field_offsets = ctx.saved_tensors
+        ctx.update(grad_out.contiguous(), indices, field_offsets, ctx.weight, *ctx.state, *ctx.hparams)
+        return (None,) * (6 + len(ctx.state))
+
+
+class FusedEmbedding(FieldEmbedding):
+    """A ``FieldEmbedding`` whose backward applies the optimizer step to the rows the batch touched.
+
+    FBGEMM's fused-optimizer idea: no table-sized gradient is formed, only the touched rows (and
+    their optimizer state) are read and written, so the cost of a step follows the batch, not the
+    vocabulary. ``weight.grad`` stays None, so a dense optimizer built over ``model.parameters()``
+    skips the table while it trains the towers. The update happens during ``backward()``.
+
+    optimizer:
+      - "sgd": w_r -= lr g_r
+      - "rowwise_adagrad": one accumulator per row, G_r += mean(g_r^2), w_r -= lr g_r / (sqrt(G_r) + eps)
+      - "adam": lazy Adam with torch.optim.SparseAdam's semantics (moments of touched rows only,
+        one step counter for the table)
+    A row hit by several samples of a batch gets one update with their summed gradient. The state
+    lives in buffers (saved in the state_dict). Weight decay is not supported.
+    """
+
+    def __init__(self, field_dims: Sequence[int], embed_dim: int, optimizer: str = "adam", lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None, backend: str = "auto",
+                 init_std: float = 0.01, device=None, dtype=None):
+        super().__init__(field_dims, embed_dim, backend=backend, init_std=init_std, device=device, dtype=dtype)
+        if optimizer not in FUSED_OPTIMIZERS:
+            raise ValueError(f"unknown fused optimizer {optimizer!r}; choose one of {FUSED_OPTIMIZERS}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        eps = _DEFAULT_EPS[optimizer] if eps is None else eps
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.optimizer, self.lr, self.betas, self.eps = optimizer, float(lr), tuple(map(float, betas)), float(eps)
+        state_dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
+        factory = {"device": self.weight.device, "dtype": state_dtype}
+        if optimizer == "rowwise_adagrad":
+            self.register_buffer("state_sum", torch.zeros(self.weight.shape[0], **factory))
+        elif optimizer == "adam":
+            self.register_buffer("exp_avg", torch.zeros(self.weight.shape, **factory))
+            self.register_buffer("exp_avg_sq", torch.zeros(self.weight.shape, **factory))
+            self.register_buffer("step", torch.zeros((), dtype=torch.int64, device=self.weight.device))
+
+    def _state(self) -> tuple[torch.Tensor, ...]:
+        if self.optimizer == "adam":
+            return (self.exp_avg, self.exp_avg_sq, self.step)
+        return (self.state_sum,) if self.optimizer == "rowwise_adagrad" else ()
+
+    def _hparams(self) -> tuple[float, ...]:
+        if self.optimizer == "adam":
+            return (self.lr, *self.betas, self.eps)
+        return (self.lr, self.eps) if self.optimizer == "rowwise_adagrad" else (self.lr,)
+
+    def _update_fn(self, backend: str):
+        name = f"embedding_update_{self.optimizer}"
+        if backend == "reference":
+            return getattr(reference, name)
+        if not ops.schemas.has_op(name, backend):
+            raise RuntimeError(f"FusedEmbedding: backend {backend!r} has no fused {self.optimizer} kernel; "
+                               f"use backend='cpp' (CPU), 'cuda' or 'reference'")
+        return ops.op(name, backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_ids_shape(x)
+        backend = ops.resolve_backend(self.backend, self.weight.device)
+        return _LookupWithUpdate.apply(x, self.weight, self.field_offsets, backend, self._update_fn(backend),
+                                       self._hparams(), *self._state())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, optimizer={self.optimizer!r}, lr={self.lr}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, reference
-from .schemas import KERNEL_BACKENDS, lib, op, qualname
+from .schemas import FUSED_OPS, KERNEL_BACKENDS, lib, op, qualname
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,7 +43,15 @@ def _fake_pim_attention_backward(grad_u, v, h_prev, label_prev, pred_prev, w_pri
             w_k.new_empty(d, d), w_v.new_empty(d, d), v.new_empty(d), v.new_empty(d), v.new_empty(d))
 
 
+def _fake_update(grad_out, indices, field_offsets, weight, *state_and_hparams):
+    _checks.check_embedding_concat(indices, weight, field_offsets)
+    return None
+
+
 _FAKES = {
+    "embedding_update_sgd": _fake_update,
+    "embedding_update_rowwise_adagrad": _fake_update,
+    "embedding_update_adam": _fake_update,
     "embedding_concat": _fake_embedding_concat,
     "embedding_concat_backward": _fake_embedding_concat_backward,
     "pim_attention": _fake_pim_attention,
@@ -100,9 +108,10 @@ def _pim_backward_for(backend: str):
     return backward
 
 
-for _backend in KERNEL_BACKENDS:
-    for _name, _fake in _FAKES.items():
+for _name, _fake in _FAKES.items():
+    for _backend in FUSED_OPS[_name][1]:
         torch.library.register_fake(qualname(_name, _backend), _fake, lib=lib)
+for _backend in KERNEL_BACKENDS:
     torch.library.register_autograd(qualname("embedding_concat", _backend), _embedding_backward_for(_backend),
                                     setup_context=_embedding_setup, lib=lib)
     torch.library.register_autograd(qualname("pim_attention", _backend), _pim_backward_for(_backend),

@@ -16,20 +16,32 @@ import torch
 
 NAMESPACE = "pimm_fast"
 KERNEL_BACKENDS = ("cpp", "cuda", "triton")
+_ALL = KERNEL_BACKENDS
+_COMPILED = ("cpp", "cuda")  # ops without a Triton kernel
 
+_UPDATE_ARGS = "Tensor grad_out, Tensor indices, Tensor field_offsets, Tensor(a!) weight"
+
+# name -> (schema, backends that implement it)
 FUSED_OPS = {
-    "embedding_concat": "(Tensor indices, Tensor weight, Tensor field_offsets) -> Tensor",
+    "embedding_concat": ("(Tensor indices, Tensor weight, Tensor field_offsets) -> Tensor", _ALL),
     "embedding_concat_backward": (
-        "(Tensor grad_out, Tensor indices, Tensor field_offsets, SymInt num_rows) -> Tensor"),
+        "(Tensor grad_out, Tensor indices, Tensor field_offsets, SymInt num_rows) -> Tensor", _ALL),
     "pim_attention": (
         "(Tensor v, Tensor h_prev, Tensor? label_prev, Tensor pred_prev, Tensor w_prior, Tensor w_q, "
         "Tensor w_k, Tensor w_v, Tensor p, Tensor seed, Tensor? b_q, Tensor? b_k, Tensor? b_v) "
-        "-> (Tensor u, Tensor select)"),
+        "-> (Tensor u, Tensor select)", _ALL),
     "pim_attention_backward": (
         "(Tensor grad_u, Tensor v, Tensor h_prev, Tensor? label_prev, Tensor pred_prev, Tensor w_prior, "
         "Tensor w_q, Tensor w_k, Tensor w_v, Tensor select, Tensor? b_q, Tensor? b_k, Tensor? b_v) "
         "-> (Tensor grad_v, Tensor grad_h_prev, Tensor grad_w_prior, Tensor grad_w_q, Tensor grad_w_k, "
-        "Tensor grad_w_v, Tensor grad_b_q, Tensor grad_b_k, Tensor grad_b_v)"),
+        "Tensor grad_w_v, Tensor grad_b_q, Tensor grad_b_k, Tensor grad_b_v)", _ALL),
+    # Fused optimizer steps: update the rows of `weight` (and their state) that the batch touched.
+    "embedding_update_sgd": (f"({_UPDATE_ARGS}, float lr) -> ()", _COMPILED),
+    "embedding_update_rowwise_adagrad": (
+        f"({_UPDATE_ARGS}, Tensor(b!) state_sum, float lr, float eps) -> ()", _COMPILED),
+    "embedding_update_adam": (
+        f"({_UPDATE_ARGS}, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) step, float lr, float beta1, "
+        "float beta2, float eps) -> ()", _COMPILED),
 }
 
 # Ops with a single implementation for every device (plain PyTorch run eagerly behind the op).
@@ -38,11 +50,15 @@ PLAIN_OPS = {
 }
 
 lib = torch.library.Library(NAMESPACE, "DEF")
-for _name, _schema in FUSED_OPS.items():
-    for _backend in KERNEL_BACKENDS:
+for _name, (_schema, _backends) in FUSED_OPS.items():
+    for _backend in _backends:
         lib.define(f"{_name}.{_backend}{_schema}")
 for _name, _schema in PLAIN_OPS.items():
     lib.define(f"{_name}{_schema}")
+
+
+def has_op(name: str, backend: str) -> bool:
+    return backend in FUSED_OPS[name][1]
 
 
 def op(name: str, backend: str) -> torch._ops.OpOverload:

@@ -1,0 +1,200 @@
+"""Fused-optimizer embedding: the update ops and FusedEmbedding against PyTorch's own optimizers."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pimm_fast
+from pimm_fast import FusedEmbedding, PIMM
+from pimm_fast import reference as R
+from pimm_fast.ops import backends, op
+
+from .conftest import requires_cuda
+from .helpers import make_embedding_inputs
+
+FIELD_DIMS = (50, 1, 7, 300)
+UPDATE_BACKENDS = [
+    pytest.param("cpp", marks=pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="no C++ kernels")),
+    pytest.param("cuda", marks=requires_cuda),
+]
+HPARAMS = {"sgd": (0.1,), "rowwise_adagrad": (0.1, 1e-10), "adam": (0.01, 0.9, 0.999, 1e-8)}
+
+
+def device_of(backend):
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+def make_state(optimizer, weight):
+    ct = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    if optimizer == "sgd":
+        return ()
+    if optimizer == "rowwise_adagrad":
+        return (torch.rand(weight.shape[0], dtype=ct, device=weight.device),)
+    return (torch.zeros(weight.shape, dtype=ct, device=weight.device),
+            torch.zeros(weight.shape, dtype=ct, device=weight.device),
+            torch.zeros((), dtype=torch.int64, device=weight.device))
+
+
+def batch_ids(batch, field_dims=FIELD_DIMS):
+    return torch.stack([torch.randint(0, n, (batch,)) for n in field_dims], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the update ops
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+@pytest.mark.parametrize("optimizer", list(HPARAMS))
+def test_opcheck_update_ops(backend, optimizer):
+    indices, weight, offsets = make_embedding_inputs(17, FIELD_DIMS, 4, device=device_of(backend))
+    grad = torch.randn(17, 16, device=weight.device)
+    state = make_state(optimizer, weight)
+    torch.library.opcheck(op(f"embedding_update_{optimizer}", backend),
+                          (grad, indices, offsets, weight, *state, *HPARAMS[optimizer]))
+
+
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+@pytest.mark.parametrize("optimizer", list(HPARAMS))
+@pytest.mark.parametrize("batch", [1, 3, 1025])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_update_ops_match_reference(backend, optimizer, batch, dtype, index_dtype):
+    indices, weight, offsets = make_embedding_inputs(batch, FIELD_DIMS, 5, dtype, index_dtype, device_of(backend))
+    indices[-1] = indices[0]  # a row hit twice in one batch gets one update with the summed gradient
+    state_ref = make_state(optimizer, weight)
+    state_got = tuple(s.clone() for s in state_ref)
+    w_ref, w_got = weight.clone(), weight.clone()
+    for _ in range(3):
+        grad = torch.randn(batch, 20, dtype=torch.float64, device=weight.device).to(dtype)
+        getattr(R, f"embedding_update_{optimizer}")(grad, indices, offsets, w_ref, *state_ref, *HPARAMS[optimizer])
+        op(f"embedding_update_{optimizer}", backend)(grad, indices, offsets, w_got, *state_got, *HPARAMS[optimizer])
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(w_got, w_ref, atol=tol, rtol=tol)
+    for got, ref in zip(state_got, state_ref):
+        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+    untouched = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+    untouched[(indices.long() + offsets).reshape(-1)] = False
+    assert torch.equal(w_got[untouched], weight[untouched])  # rows the batch did not touch stay as they were
+
+
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_update_errors_leave_the_table_untouched(backend):
+    indices, weight, offsets = make_embedding_inputs(8, FIELD_DIMS, 4, device=device_of(backend))
+    grad = torch.randn(8, 16, device=weight.device)
+    state = make_state("adam", weight)
+    before = weight.clone()
+    bad = indices.clone()
+    bad[5, 3] = 300
+    with pytest.raises(IndexError, match=r"id 300 out of range for field 3 \(size 300\) at sample 5"):
+        op("embedding_update_adam", backend)(grad, bad, offsets, weight, *state, *HPARAMS["adam"])
+    assert torch.equal(weight, before) and int(state[2]) == 0
+    with pytest.raises(ValueError, match=r"grad_out must be \[B, F\*D\]"):
+        op("embedding_update_sgd", backend)(grad[:, :8], indices, offsets, weight, 0.1)
+    with pytest.raises(TypeError, match="exp_avg must have dtype torch.float32"):
+        op("embedding_update_adam", backend)(grad, indices, offsets, weight, state[0].double(), state[1], state[2],
+                                             *HPARAMS["adam"])
+    with pytest.raises(ValueError, match="state_sum must have shape"):
+        op("embedding_update_rowwise_adagrad", backend)(grad, indices, offsets, weight, state[0], 0.1, 1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# FusedEmbedding against torch.optim on sparse gradients
+# ---------------------------------------------------------------------------------------------
+FUSED_BACKENDS = ["reference"] + (["cpp"] if backends.is_available("cpp", "cpu") else [])
+
+
+def torch_optimizer_run(optimizer, weight, offsets, batches):
+    """The table after the same steps with PyTorch's optimizer on F.embedding(sparse=True) gradients."""
+    param = torch.nn.Parameter(weight.clone())
+    opt = {"sgd": lambda: torch.optim.SGD([param], lr=0.1),
+           "adam": lambda: torch.optim.SparseAdam([param], lr=0.01, betas=(0.9, 0.999), eps=1e-8)}[optimizer]()
+    for ids, grad in batches:
+        opt.zero_grad()
+        F.embedding(ids + offsets, param, sparse=True).flatten(1).backward(grad)
+        opt.step()
+    return param.detach()
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fused_embedding_equals_torch_sparse_optimizer(backend, optimizer):
+    lr = HPARAMS[optimizer][0]
+    emb = FusedEmbedding(FIELD_DIMS, 4, optimizer=optimizer, lr=lr, backend=backend)
+    start = emb.weight.detach().clone()
+    batches = []
+    for _ in range(4):
+        ids = batch_ids(64)
+        ids[1] = ids[0]
+        batches.append((ids, torch.randn(64, 16)))
+    for ids, grad in batches:
+        emb(ids).backward(grad)
+    expected = torch_optimizer_run(optimizer, start, emb.field_offsets, batches)
+    torch.testing.assert_close(emb.weight.detach(), expected, atol=2e-6, rtol=1e-5)
+    assert emb.weight.grad is None
+
+
+def test_rowwise_adagrad_follows_its_formula():
+    emb = FusedEmbedding((4,), 2, optimizer="rowwise_adagrad", lr=0.5, eps=0.0, backend=FUSED_BACKENDS[-1])
+    w0 = emb.weight.detach().clone()
+    ids = torch.tensor([[1], [1], [3]])
+    grad = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, -2.0]])
+    emb(ids).backward(grad)
+    g1, g3 = torch.tensor([4.0, 2.0]), torch.tensor([0.0, -2.0])  # row 1 sums its two samples
+    assert torch.allclose(emb.state_sum, torch.tensor([0.0, 10.0, 0.0, 2.0]))  # mean of g^2 per row
+    assert torch.allclose(emb.weight[1], w0[1] - 0.5 * g1 / 10.0 ** 0.5)
+    assert torch.allclose(emb.weight[3], w0[3] - 0.5 * g3 / 2.0 ** 0.5)
+    assert torch.equal(emb.weight[0], w0[0]) and torch.equal(emb.weight[2], w0[2])
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_pimm_with_fused_embedding_trains_and_saves_its_state(backend, tmp_path):
+    emb = FusedEmbedding(FIELD_DIMS, 4, optimizer="adam", lr=0.01, backend=backend)
+    model = PIMM(FIELD_DIMS, embed_dim=4, tower_dims=(16, 8), embedding=emb, backend=backend)
+    dense = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = batch_ids(32), torch.zeros(32, 2)
+    y[:8, 0] = 1
+    y[:3, 1] = 1
+    before = emb.weight.detach().clone()
+    for _ in range(2):
+        loss = model.loss(model(x, labels=y), y)
+        dense.zero_grad()
+        loss.backward()
+        dense.step()
+    assert not torch.equal(emb.weight, before) and int(emb.step) == 2
+    assert emb.weight.grad is None and emb.weight not in dense.state  # the dense optimizer skips the table
+    state = model.state_dict()
+    assert {"embedding.exp_avg", "embedding.exp_avg_sq", "embedding.step"} <= set(state)
+    torch.save(state, tmp_path / "model.pt")
+    clone = PIMM(FIELD_DIMS, embed_dim=4, tower_dims=(16, 8), backend=backend,
+                 embedding=FusedEmbedding(FIELD_DIMS, 4, optimizer="adam", lr=0.01, backend=backend))
+    clone.load_state_dict(torch.load(tmp_path / "model.pt"))
+    assert torch.equal(clone.embedding.exp_avg, emb.exp_avg) and int(clone.embedding.step) == 2
+
+
+def test_fused_embedding_under_torch_compile():
+    backend = FUSED_BACKENDS[-1]
+    emb = FusedEmbedding(FIELD_DIMS, 4, optimizer="adam", lr=0.01, backend=backend)
+    model = PIMM(FIELD_DIMS, embed_dim=4, tower_dims=(16, 8), embedding=emb, backend=backend)
+    x, y = batch_ids(32), torch.zeros(32, 2)
+    torch._dynamo.reset()
+    step = torch.compile(lambda x, y: model.loss(model(x, labels=y), y), fullgraph=True)
+    before = emb.weight.detach().clone()
+    step(x, y).backward()
+    step(x, y).backward()
+    assert int(emb.step) == 2 and not torch.equal(emb.weight, before)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(optimizer="lamb"), ValueError, "unknown fused optimizer 'lamb'"),
+    (dict(lr=0.0), ValueError, "lr must be > 0"),
+    (dict(betas=(0.9, 1.0)), ValueError, "betas must be two numbers"),
+    (dict(eps=-1.0), ValueError, "eps must be >= 0"),
+])
+def test_fused_embedding_constructor_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        FusedEmbedding(FIELD_DIMS, 4, **kwargs)
+
+
+@pytest.mark.skipif(not backends.triton_available("cpu"), reason="needs triton")
+def test_backend_without_a_fused_kernel_says_so():
+    emb = FusedEmbedding(FIELD_DIMS, 4, backend="triton")
+    with pytest.raises(RuntimeError, match="backend 'triton' has no fused adam kernel"):
+        emb(batch_ids(4))
