@@ -231,3 +231,28 @@ def test_synthetic_raw_writer_matches_the_documented_shape(tmp_path):
     assert 8 <= int(first[4]) <= 20 and first[5].count(A) == int(first[4]) - 1
     common = cm.read_text().splitlines()[0].split(",")
     assert 300 <= int(common[1]) <= 1000
+
+
+@pytest.mark.parametrize("kind", ["narrow", "wide", "missing", "small"])
+def test_vocabulary_dense_and_sorted_paths_agree_with_a_plain_count(kind):
+    from pimm_fast.data.aliccp import Vocabulary
+
+    rng = np.random.default_rng(0)
+    vals = {"narrow": rng.integers(1000, 1100, 5000), "wide": rng.integers(0, 2 ** 40, 5000),
+            "missing": np.array([5, 5, -1, 7, 7, 7, 9]), "small": rng.integers(0, 50, 3000)}[kind]
+    w = rng.integers(1, 4, len(vals)).astype(float)
+    for min_count in (1, 3, 20, 100):
+        for weights in (None, w):
+            seen = vals[vals >= 0]
+            uniq = np.unique(seen)
+            count = {k: (w[vals == k].sum() if weights is not None else (seen == k).sum()) for k in uniq}
+            keys = np.array(sorted(k for k in uniq if count[k] >= min_count), dtype=np.int64)
+            expected = np.where(np.isin(vals, keys), np.searchsorted(keys, vals) + 1, 0)
+            vocab = Vocabulary(vals, min_count, weights=weights)
+            np.testing.assert_array_equal(vocab.encode(vals), expected)
+            assert vocab.size == len(keys) + 1
+            assert (vocab.encode(np.array([-1, 2 ** 41])) == 0).all()  # missing and unseen ids
+    offsets, per_row = np.array([0, 2, len(vals)]), np.array([3.0, 1.0])
+    by_rows = Vocabulary(vals, 2, row_weights=(offsets, per_row))
+    by_values = Vocabulary(vals, 2, weights=np.repeat(per_row, np.diff(offsets)))
+    np.testing.assert_array_equal(by_rows.encode(vals), by_values.encode(vals))

@@ -355,55 +355,55 @@ _DENSE_LIMIT = 1 << 28  # raw ids below this are counted with bincount (a dense 
 
 
 class Vocabulary:
-    """Codes 1..n for the raw ids of one field seen at least ``min_count`` times (increasing raw-id order), else 0."""
+    """Codes 1..n for the raw ids of one field seen at least ``min_count`` times (increasing raw-id order), else 0.
+
+    Counting uses a dense table over [smallest id, largest id] when that range is not much larger than the
+    number of values (one bincount, O(n)); otherwise a sort (np.unique).
+    """
 
     def __init__(self, values: np.ndarray, min_count: int, weights: Optional[np.ndarray] = None,
                  row_weights: Optional[tuple[np.ndarray, np.ndarray]] = None):
         """``weights``: one per value; or ``row_weights=(offsets, weight per row)`` for CSR values, expanded
         block by block (the user-history bags hold hundreds of millions of values at full scale)."""
-        if (row_weights is not None and len(values) and 0 <= values.min() and values.max() < _DENSE_LIMIT
-                and values.max() < 16 * len(values) + (1 << 22)):
-            offsets, per_row = row_weights
-            top = int(values.max())
-            counts = np.zeros(top + 1, dtype=np.float64)
-            block = 1 << 16  # rows per block
-            for lo in range(0, len(per_row), block):
-                hi = min(lo + block, len(per_row))
-                a, b = int(offsets[lo]), int(offsets[hi])
-                w = np.repeat(per_row[lo:hi], np.diff(offsets[lo:hi + 1]))
-                counts += np.bincount(values[a:b], weights=w, minlength=top + 1)
-            kept = counts >= min_count - 1e-9
-            del counts
-            self.keys = None
-            self.dense = np.cumsum(kept, dtype=np.int32)
-            self.dense[~kept] = 0
-            self.size = int(self.dense.max(initial=0)) + 1
-            return
-        if row_weights is not None:
-            offsets, per_row = row_weights
-            weights = np.repeat(per_row, np.diff(offsets))
-        present = values >= 0
-        if not present.all():
-            values = values[present]
-            weights = None if weights is None else weights[present]
         self.dense: Optional[np.ndarray] = None
         self.keys: Optional[np.ndarray] = None
+        self.base = 0
+        present = values >= 0
+        if not present.all():
+            if row_weights is not None:  # expand the row weights before dropping values
+                weights, row_weights = np.repeat(row_weights[1], np.diff(row_weights[0])), None
+            values = values[present]
+            weights = None if weights is None else weights[present]
         if len(values) == 0:
             self.size = 1
             self.keys = np.zeros(0, dtype=np.int64)
             return
-        top = int(values.max())
-        if top < _DENSE_LIMIT and top < 16 * len(values) + (1 << 22):  # a dense table pays off
-            counts = np.bincount(values, weights=weights, minlength=top + 1)
+        low, top = int(values.min()), int(values.max())
+        span = top - low + 1
+        if span < _DENSE_LIMIT and span < 16 * len(values) + (1 << 22):  # a dense table pays off
+            self.base = low
+            if row_weights is not None:
+                offsets, per_row = row_weights
+                counts = np.zeros(span, dtype=np.float64)
+                block = 1 << 16  # rows per block: never one weight per value for the whole table
+                for lo in range(0, len(per_row), block):
+                    hi = min(lo + block, len(per_row))
+                    a, b = int(offsets[lo]), int(offsets[hi])
+                    w = np.repeat(per_row[lo:hi], np.diff(offsets[lo:hi + 1]))
+                    counts += np.bincount(values[a:b] - low, weights=w, minlength=span)
+            else:
+                counts = np.bincount(values - low if low else values, weights=weights, minlength=span)
             kept = counts >= min_count - 1e-9
             del counts
             codes = np.cumsum(kept, dtype=np.int32)
+            self.size = int(codes[-1]) + 1  # before the rare ids are zeroed
             codes[~kept] = 0
             self.dense = codes
-            self.size = int(codes.max(initial=0)) + 1
         else:
+            if row_weights is not None:
+                weights = np.repeat(row_weights[1], np.diff(row_weights[0]))
             uniq, inverse = np.unique(values, return_inverse=True)
-            counts = np.bincount(inverse, weights=weights, minlength=len(uniq))
+            counts = np.bincount(inverse.reshape(-1), weights=weights, minlength=len(uniq))
             self.keys = uniq[counts >= min_count - 1e-9]
             self.size = len(self.keys) + 1
 
@@ -411,8 +411,9 @@ class Vocabulary:
         """int32 codes of raw ids (-1 = missing, ids not in the vocabulary: 0)."""
         raw = np.asarray(raw)
         if self.dense is not None:
-            inside = (raw >= 0) & (raw < len(self.dense))
-            return np.where(inside, self.dense[np.where(inside, raw, 0)], 0).astype(np.int32)
+            shifted = raw - self.base if self.base else raw
+            inside = (raw >= 0) & (shifted >= 0) & (shifted < len(self.dense))
+            return np.where(inside, self.dense[np.where(inside, shifted, 0)], 0).astype(np.int32)
         pos = np.searchsorted(self.keys, raw)
         pos_c = np.minimum(pos, max(len(self.keys) - 1, 0))
         hit = (len(self.keys) > 0) & (raw >= 0)
