@@ -256,3 +256,33 @@ def test_vocabulary_dense_and_sorted_paths_agree_with_a_plain_count(kind):
     by_rows = Vocabulary(vals, 2, row_weights=(offsets, per_row))
     by_values = Vocabulary(vals, 2, weights=np.repeat(per_row, np.diff(offsets)))
     np.testing.assert_array_equal(by_rows.encode(vals), by_values.encode(vals))
+
+
+def test_raw_cache_keeps_bags_and_hashes_the_sources(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from pimm_fast.data import aliccp
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_raw(raw, *default_rows())
+    first = load(f"aliccp-raw:{raw}?variant=full&min_count=1", cache_dir=tmp_path / "cache", valid_fraction=0.0)
+    (entry,) = (tmp_path / "cache").iterdir()
+    manifest = json.loads((entry / "manifest.json").read_text())
+    h = hashlib.sha256()
+    for name in ("common_features_train", "sample_skeleton_train", "common_features_test", "sample_skeleton_test"):
+        h.update((raw / f"{name}.csv").read_bytes())  # the reading order
+    assert manifest["source_sha256"] == h.hexdigest()
+    assert manifest["stats"]["train_file"]["cascade_dropped"] == 1 and manifest["field_dims"] == list(first.field_dims)
+
+    def boom(*a, **k):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(aliccp, "load_raw_arrays", boom)
+    again = load(f"aliccp-raw:{raw}?variant=full&min_count=1", cache_dir=tmp_path / "cache", valid_fraction=0.0)
+    a = next(iter(Batcher(first.train, 5, shuffle=False, bags=True)))
+    b = next(iter(Batcher(again.train, 5, shuffle=False, bags=True)))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for name in FULL_BAG_FIELDS:
+        assert torch.equal(a[2][name][0], b[2][name][0]) and torch.equal(a[2][name][1], b[2][name][1])

@@ -138,7 +138,7 @@ def test_generic_csv_names_indices_encoding_and_splits(tmp_path):
     path.write_text("user,item,click,buy,score\n" + "\n".join(rows) + "\n")
     s = load(f"csv:{path}?labels=click,buy&features=user,item", cache_dir=None, seed=1)
     assert (len(s.train), len(s.valid), len(s.test)) == (140, 20, 40)
-    assert s.field_dims == (5, 8) and s.task_names == ("click", "buy")
+    assert s.field_dims == (5, 8) and s.task_names == ("click", "buy") and s.field_names == ("user", "item")
     assert s.stats["ignored_columns"] == ["score"]
     # codes follow sorted tokens: alice=1, bob=2, ...
     users = {r.split(",")[0] for r in rows}
@@ -147,6 +147,7 @@ def test_generic_csv_names_indices_encoding_and_splits(tmp_path):
     noheader.write_text("\n".join(rows) + "\n")
     by_index = load(f"csv:{noheader}?labels=2,3&features=0,1", cache_dir=None, seed=1)
     assert torch.equal(by_index.train.x, s.train.x) and torch.equal(by_index.test.y, s.test.y)
+    assert by_index.field_names == ("0", "1")
     with pytest.raises(DataFormatError, match=r"label column 'click' is not in the header \['"):
         load(f"csv:{noheader}?labels=click,buy", cache_dir=None)
     numeric = tmp_path / "numeric.csv"

@@ -38,6 +38,7 @@ class Table:
     header: Optional[list]
     ignored: list  # names (or indices) of the columns that were read past
     label_names: Optional[list] = None  # label columns as the file names them (for messages)
+    feature_names: Optional[list] = None  # feature columns as the file names them (indices without a header)
 
     def where(self, row: int) -> str:
         return f"line {self.first_line + row}"
@@ -193,8 +194,6 @@ def read_csv(path: Path, labels: Sequence, features: Sequence = (), feature_kind
     if expected_header is not None and ncols != len(expected_header):
         raise DataFormatError(f"{path}, line 1: expected {len(expected_header)} columns "
                               f"({','.join(expected_header)}), found {ncols}")
-    if expected_header is not None and names is None:
-        names = None  # positions are known from the expected layout
     label_idx = _resolve(labels, names if names is not None else
                          (list(expected_header) if expected_header else None), ncols, path, "label")
     if features is None:
@@ -253,7 +252,8 @@ def read_csv(path: Path, labels: Sequence, features: Sequence = (), feature_kind
     y = (np.stack([_parse_labels(merged[j], path, first_line, label_names[j]) for j in range(len(label_idx))], 1)
          if len(merged[0]) else np.zeros((0, len(label_idx))))
     return Table(path=path, labels=y, features=merged[len(label_idx):], first_line=first_line,
-                 header=names, ignored=ignored, label_names=label_names)
+                 header=names, ignored=ignored, label_names=label_names,
+                 feature_names=[display[i] if display else str(i) for i in feature_idx])
 
 
 def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[str]], extra: str = "ignore"
@@ -292,7 +292,7 @@ def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[
             feats.append(np.array([b"" if v is None else str(v).encode() for v in col], dtype=bytes)
                          if col.size else np.zeros(0, "S1"))
     return Table(path=path, labels=y, features=feats, first_line=1, header=schema_names, ignored=rest,
-                 label_names=list(labels))
+                 label_names=list(labels), feature_names=list(features))
 
 
 def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", header="auto",
@@ -537,13 +537,11 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
     feature_names = None
     for split, p in files.items():
         table = read_any(p, labels, features, "bytes" if encode else "int", extra, header)
-        if table.header is not None:
-            cols = [table.header[i] if isinstance(i, int) else i for i in (features or [])] if features else \
-                [c for c in table.header if c not in labels and c not in [str(c) for c in labels]]
-        else:
-            cols = [str(c) for c in features] if features else [f"col{i}" for i in range(len(table.features))]
         if feature_names is None:
-            feature_names = cols if features else [str(c) for c in cols][:len(table.features)]
+            feature_names = [str(c) for c in table.feature_names]
+        elif [str(c) for c in table.feature_names] != feature_names:
+            raise DataFormatError(f"{p}: feature columns {table.feature_names} differ from the other files' "
+                                  f"{feature_names}")
         if len(table.features) != len(feature_names):
             raise DataFormatError(f"{p}: {len(table.features)} feature columns, the other files have "
                                   f"{len(feature_names)}")
