@@ -208,3 +208,42 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ImportError, match="pip install pyarrow"):
         load(f"csv:{path}", labels=["a", "b"], cache_dir=None)
+
+
+def test_more_error_paths(tmp_path):
+    rows = generic_rows(50)
+    path = tmp_path / "t.csv"
+    path.write_text("user,item,click,buy,score\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataFormatError, match=r"named both as label and as feature"):
+        load(f"csv:{path}?labels=click,buy&features=user,click", cache_dir=None)
+    with pytest.raises(ValueError, match="extra must be 'ignore' or 'error'"):
+        load(f"csv:{path}?labels=click,buy&features=user&extra=drop", cache_dir=None)
+    with pytest.raises(ValueError, match="header must be"):
+        load(f"csv:{path}?labels=click,buy&header=maybe", cache_dir=None)
+    with pytest.raises(ValueError, match="at least 2 label columns"):
+        load(f"csv:{path}?labels=click", cache_dir=None)
+    with pytest.raises(ValueError, match="leave no training rows"):
+        load(f"csv:{path}?labels=click,buy&valid_fraction=0.5&test_fraction=0.5", cache_dir=None)
+    with pytest.raises(DataFormatError, match=r"id 'alice|id 'bob|id 'carol|id 'dave"):
+        load(f"csv:{path}?labels=click,buy&features=user&encode=false", cache_dir=None)
+    ids = tmp_path / "ids.csv"
+    ids.write_text("a,click,buy\n1,0,0\n99999999999,1,0\n3,1,1\n4,0,0\n5,0,0\n")
+    with pytest.raises(DataFormatError, match="beyond int32"):
+        load(f"csv:{ids}?labels=click,buy&encode=false&valid_fraction=0&test_fraction=0.2", cache_dir=None)
+    ids.write_text("a,click,buy\n1,0,0\n1234567890123456789,1,0\n")
+    with pytest.raises(DataFormatError, match=r"ids\.csv, line 3: id '1234567890123456789' is not"):
+        load(f"csv:{ids}?labels=click,buy&encode=false", cache_dir=None)
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "train.csv").write_text("user,click,buy\na,0,0\n")
+    with pytest.raises(FileNotFoundError, match="needs train.csv"):
+        load(f"csv:{d}", labels=["click", "buy"], cache_dir=None)
+    rh = tmp_path / "rechub"
+    rh.mkdir()
+    (rh / "ali_ccp_train_sample.csv").write_text("x\n")
+    with pytest.raises(FileNotFoundError, match=r"expected one ali_ccp_val\*\.csv"):
+        load(f"rechub-csv:{rh}", cache_dir=None)
+    for stem in ("val", "test"):
+        (rh / f"ali_ccp_{stem}.csv").write_text("0,0\n")
+    with pytest.raises(DataFormatError, match=r"ali_ccp_train_sample\.csv: label column 'click' is not in the header"):
+        load(f"rechub-csv:{rh}", cache_dir=None)
