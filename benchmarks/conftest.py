@@ -12,6 +12,10 @@ from pathlib import Path
 
 if not Path("/dev/nvidia0").exists():  # as in tests/conftest.py: Triton only runs interpreted here
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# OpenMP threads that spin between parallel regions starve the other thread on small shared VMs (steps
+# 10-20x slower for seconds at a time, seen on the 2-core development machines); every provider gets
+# the same setting. Must be set before torch loads libgomp. Override by exporting OMP_WAIT_POLICY.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -110,10 +110,15 @@ void check_state(const char* op, const char* name, const at::Tensor& state, cons
                     " must be contiguous and on the device of weight");
 }
 
-// Sums the gradient of every touched row and calls update(row, grad_sum) once per row (ids checked).
-template <typename scalar_t, typename index_t, typename acc_t, typename Update>
+// Rows are scattered over tables of hundreds of MB; fetching the rows of a later slot while this one
+// is updated hides most of the memory latency.
+constexpr int64_t kPrefetchDistance = 8;
+
+// Sums the gradient of every touched row and calls update(row, grad_sum) once per row (ids checked);
+// prefetch(row) is called kPrefetchDistance rows ahead.
+template <typename scalar_t, typename index_t, typename acc_t, typename Update, typename Prefetch>
 void for_each_touched_row(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& field_offsets,
-                          int64_t D, const Update& update) {
+                          int64_t D, const Update& update, const Prefetch& prefetch) {
   const at::Tensor grad = grad_out.contiguous(), ids_t = indices.contiguous(), off_t = field_offsets.contiguous();
   const int64_t B = ids_t.size(0), F = ids_t.size(1);
   const scalar_t* g = grad.data_ptr<scalar_t>();
@@ -128,7 +133,12 @@ void for_each_touched_row(const at::Tensor& grad_out, const at::Tensor& indices,
         const scalar_t* gb = g + (b * F + f) * D;
         for (int64_t j = 0; j < D; ++j) s[j] += static_cast<acc_t>(gb[j]);
       }
-      for (int64_t slot = 0; slot < sums.size(); ++slot) update(sums.row(slot), sums.sum(slot));
+      const int64_t n = sums.size();
+      for (int64_t slot = 0; slot < std::min(n, kPrefetchDistance); ++slot) prefetch(sums.row(slot));
+      for (int64_t slot = 0; slot < n; ++slot) {
+        if (slot + kPrefetchDistance < n) prefetch(sums.row(slot + kPrefetchDistance));
+        update(sums.row(slot), sums.sum(slot));
+      }
     }
   });
 }
@@ -157,7 +167,7 @@ void embedding_update_sgd(const at::Tensor& grad_out, const at::Tensor& indices,
                                                    [&](int64_t row, const acc_t* g) {
       scalar_t* wr = w + row * D;
       for (int64_t j = 0; j < D; ++j) wr[j] = static_cast<scalar_t>(static_cast<acc_t>(wr[j]) - step * g[j]);
-    });
+    }, [&](int64_t row) { __builtin_prefetch(w + row * D, 1); });
   });
 }
 
@@ -179,6 +189,9 @@ void embedding_update_rowwise_adagrad(const at::Tensor& grad_out, const at::Tens
       const acc_t scale = static_cast<acc_t>(lr) / (std::sqrt(G[row]) + static_cast<acc_t>(eps));
       scalar_t* wr = w + row * D;
       for (int64_t j = 0; j < D; ++j) wr[j] = static_cast<scalar_t>(static_cast<acc_t>(wr[j]) - scale * g[j]);
+    }, [&](int64_t row) {
+      __builtin_prefetch(w + row * D, 1);
+      __builtin_prefetch(G + row, 1);
     });
   });
 }
@@ -209,6 +222,10 @@ void embedding_update_adam(const at::Tensor& grad_out, const at::Tensor& indices
         v[k] += (g[j] * g[j] - v[k]) * b2;
         w[k] = static_cast<scalar_t>(static_cast<acc_t>(w[k]) - size * m[k] / (std::sqrt(v[k]) + e));
       }
+    }, [&](int64_t row) {
+      __builtin_prefetch(w + row * D, 1);
+      __builtin_prefetch(m + row * D, 1);
+      __builtin_prefetch(v + row * D, 1);
     });
   });
 }
