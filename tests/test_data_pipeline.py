@@ -234,3 +234,14 @@ def test_cli_reads_a_csv_with_label_and_feature_options(tmp_path, capsys, monkey
     with pytest.raises(DataFormatError):  # the loader itself raises; only the CLI turns it into an exit
         load(f"csv:{path}?labels=click,buy&policy=error", cache_dir=None)
     assert os.environ["PIMM_FAST_CACHE_DIR"] == str(tmp_path / "cache")
+
+
+def test_an_unwritable_cache_warns_and_still_loads(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_aitm(data, [aitm_row(0, 0, i) for i in range(10)], [aitm_row(0, 0, 3)])
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache directory should be")
+    with pytest.warns(RuntimeWarning, match="could not write the data cache"):
+        splits = load(f"aitm-csv:{data}", cache_dir=blocker / "cache")
+    assert len(splits.train) + len(splits.valid) == 10

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl
@@ -259,6 +260,9 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
                 source_sha256=source_hash, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                 seconds=time.perf_counter() - started)
     if target is not None:
-        cache.write_cache(target, arrays, info)
-        say(f"{spec}: wrote the cache {target}")
+        try:
+            cache.write_cache(target, arrays, info)
+            say(f"{spec}: wrote the cache {target}")
+        except OSError as err:  # an unwritable cache costs time next run, never this run's result
+            warnings.warn(f"could not write the data cache {target}: {err}", RuntimeWarning, stacklevel=2)
     return _to_splits(arrays, info, {"source": kind, "spec": spec, "cache": None if target is None else str(target)})
