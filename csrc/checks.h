@@ -81,6 +81,74 @@ inline std::vector<int64_t> field_sizes(const at::Tensor& field_offsets, int64_t
   return sizes;
 }
 
+// Field-major values (multi-hot bags and the fused updates; see pimm_fast/reference.py).
+inline void check_values(const char* op, const at::Tensor& values) {
+  TORCH_CHECK_TYPE((values.scalar_type() == at::kInt || values.scalar_type() == at::kLong) && values.dim() == 1, op,
+                   ": values must be a 1-D int32 or int64 tensor, got ", dtype_name(values.scalar_type()), " ",
+                   values.sizes());
+}
+
+inline void check_embedding_bags(const at::Tensor& values, const at::Tensor& bag_offsets, const at::Tensor& weight,
+                                 const at::Tensor& field_offsets, at::IntArrayRef pooling) {
+  const char* op = "embedding_bags_concat";
+  check_values(op, values);
+  TORCH_CHECK_TYPE(bag_offsets.scalar_type() == at::kLong && bag_offsets.dim() == 1 && bag_offsets.numel() >= 1, op,
+                   ": bag_offsets must be a non-empty 1-D int64 tensor, got ", dtype_name(bag_offsets.scalar_type()),
+                   " ", bag_offsets.sizes());
+  TORCH_CHECK_TYPE(is_float(weight.scalar_type()) && weight.dim() == 2, op,
+                   ": weight must be a 2-D floating tensor, got ", dtype_name(weight.scalar_type()), " ",
+                   weight.sizes());
+  TORCH_CHECK_TYPE(field_offsets.scalar_type() == at::kLong && field_offsets.dim() == 1, op,
+                   ": field_offsets must be a 1-D int64 tensor, got ", dtype_name(field_offsets.scalar_type()));
+  const int64_t F = field_offsets.numel();
+  bool codes_ok = static_cast<int64_t>(pooling.size()) == F;
+  for (const int64_t code : pooling) codes_ok = codes_ok && (code == 0 || code == 1);
+  TORCH_CHECK_VALUE(codes_ok, op, ": pooling must hold one code per field (0 = sum, 1 = mean) for ", F,
+                    " fields, got ", pooling);
+  TORCH_CHECK_VALUE(F == 0 || (bag_offsets.numel() - 1) % F == 0, op,
+                    ": bag_offsets must have F*B + 1 entries for F = ", F, " fields, got ", bag_offsets.numel());
+  check_same_device(op, weight, "weight", values, "values");
+  check_same_device(op, weight, "weight", bag_offsets, "bag_offsets");
+  check_same_device(op, weight, "weight", field_offsets, "field_offsets");
+}
+
+inline void check_update(const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& value_offsets,
+                         const at::Tensor& field_offsets, const at::Tensor& weight) {
+  const char* op = "embedding_update";
+  check_values(op, values);
+  TORCH_CHECK_TYPE(is_float(weight.scalar_type()) && weight.dim() == 2, op,
+                   ": weight must be a 2-D floating tensor, got ", dtype_name(weight.scalar_type()), " ",
+                   weight.sizes());
+  TORCH_CHECK_TYPE(is_float(grad_values.scalar_type()), op, ": grad_values must be a floating tensor, got ",
+                   dtype_name(grad_values.scalar_type()));
+  TORCH_CHECK_VALUE(grad_values.dim() == 2 && grad_values.size(0) == values.numel() &&
+                        grad_values.size(1) == weight.size(1),
+                    op, ": grad_values must be [n, D] = [", values.numel(), ", ", weight.size(1), "], got ",
+                    grad_values.sizes());
+  TORCH_CHECK_TYPE(field_offsets.scalar_type() == at::kLong && value_offsets.scalar_type() == at::kLong, op,
+                   ": value_offsets and field_offsets must be int64");
+  TORCH_CHECK_VALUE(value_offsets.dim() == 1 && value_offsets.numel() == field_offsets.numel() + 1, op,
+                    ": value_offsets must be [F + 1] = [", field_offsets.numel() + 1, "], got ",
+                    value_offsets.sizes());
+  TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous (it is updated in place)");
+  check_same_device(op, weight, "weight", grad_values, "grad_values");
+  check_same_device(op, weight, "weight", values, "values");
+  check_same_device(op, weight, "weight", value_offsets, "value_offsets");
+  check_same_device(op, weight, "weight", field_offsets, "field_offsets");
+}
+
+// Host copy of value_offsets, checked to run from 0 to n without decreasing.
+inline std::vector<int64_t> host_value_offsets(const at::Tensor& value_offsets, int64_t n) {
+  const at::Tensor vo = value_offsets.to(at::kCPU).contiguous();
+  const int64_t* p = vo.data_ptr<int64_t>();
+  std::vector<int64_t> out(p, p + vo.numel());
+  bool ok = !out.empty() && out.front() == 0 && out.back() == n;
+  for (size_t f = 1; f < out.size(); ++f) ok = ok && out[f] >= out[f - 1];
+  TORCH_CHECK_VALUE(ok, "embedding: value offsets must run from 0 to the number of values (", n,
+                    ") without decreasing, got ", value_offsets);
+  return out;
+}
+
 inline void check_pim_attention(const at::Tensor& v, const at::Tensor& h_prev,
                                 const std::optional<at::Tensor>& label_prev, const at::Tensor& pred_prev,
                                 const at::Tensor& w_prior, const at::Tensor& w_q, const at::Tensor& w_k,

@@ -26,15 +26,22 @@ using PimGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::
       const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& select,            \
       const std::optional<at::Tensor>& b_q, const std::optional<at::Tensor>& b_k,                               \
       const std::optional<at::Tensor>& b_v);                                                                    \
-  void embedding_update_sgd(const at::Tensor& grad_out, const at::Tensor& indices,                              \
-                            const at::Tensor& field_offsets, const at::Tensor& weight, double lr);              \
-  void embedding_update_rowwise_adagrad(const at::Tensor& grad_out, const at::Tensor& indices,                  \
-                                        const at::Tensor& field_offsets, const at::Tensor& weight,              \
-                                        const at::Tensor& state_sum, double lr, double eps);                    \
-  void embedding_update_adam(const at::Tensor& grad_out, const at::Tensor& indices,                             \
-                             const at::Tensor& field_offsets, const at::Tensor& weight,                         \
-                             const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq, const at::Tensor& step,   \
-                             double lr, double beta1, double beta2, double eps);
+  at::Tensor embedding_bags_concat(const at::Tensor& values, const at::Tensor& bag_offsets, const at::Tensor& weight, \
+                                   const at::Tensor& field_offsets, at::IntArrayRef pooling);                    \
+  at::Tensor embedding_bags_concat_backward(const at::Tensor& grad_out, const at::Tensor& values,               \
+                                            const at::Tensor& bag_offsets, const at::Tensor& field_offsets,     \
+                                            at::IntArrayRef pooling, int64_t num_rows);                         \
+  void embedding_update_sgd(const at::Tensor& grad_values, const at::Tensor& values,                            \
+                            const at::Tensor& value_offsets, const at::Tensor& field_offsets,                   \
+                            const at::Tensor& weight, double lr);                                               \
+  void embedding_update_rowwise_adagrad(const at::Tensor& grad_values, const at::Tensor& values,                \
+                                        const at::Tensor& value_offsets, const at::Tensor& field_offsets,       \
+                                        const at::Tensor& weight, const at::Tensor& state_sum, double lr,       \
+                                        double eps);                                                            \
+  void embedding_update_adam(const at::Tensor& grad_values, const at::Tensor& values,                           \
+                             const at::Tensor& value_offsets, const at::Tensor& field_offsets,                  \
+                             const at::Tensor& weight, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq, \
+                             const at::Tensor& step, double lr, double beta1, double beta2, double eps);
 
 namespace cpu {
 PIMM_FAST_DECLARE_KERNELS

@@ -11,6 +11,8 @@ TORCH_LIBRARY_IMPL(pimm_fast, CPU, m) {
   m.impl("embedding_concat_backward.cpp", &pimm_fast::cpu::embedding_concat_backward);
   m.impl("pim_attention.cpp", &pimm_fast::cpu::pim_attention);
   m.impl("pim_attention_backward.cpp", &pimm_fast::cpu::pim_attention_backward);
+  m.impl("embedding_bags_concat.cpp", &pimm_fast::cpu::embedding_bags_concat);
+  m.impl("embedding_bags_concat_backward.cpp", &pimm_fast::cpu::embedding_bags_concat_backward);
   m.impl("embedding_update_sgd.cpp", &pimm_fast::cpu::embedding_update_sgd);
   m.impl("embedding_update_rowwise_adagrad.cpp", &pimm_fast::cpu::embedding_update_rowwise_adagrad);
   m.impl("embedding_update_adam.cpp", &pimm_fast::cpu::embedding_update_adam);
@@ -22,6 +24,8 @@ TORCH_LIBRARY_IMPL(pimm_fast, CUDA, m) {
   m.impl("embedding_concat_backward.cuda", &pimm_fast::cuda::embedding_concat_backward);
   m.impl("pim_attention.cuda", &pimm_fast::cuda::pim_attention);
   m.impl("pim_attention_backward.cuda", &pimm_fast::cuda::pim_attention_backward);
+  m.impl("embedding_bags_concat.cuda", &pimm_fast::cuda::embedding_bags_concat);
+  m.impl("embedding_bags_concat_backward.cuda", &pimm_fast::cuda::embedding_bags_concat_backward);
   m.impl("embedding_update_sgd.cuda", &pimm_fast::cuda::embedding_update_sgd);
   m.impl("embedding_update_rowwise_adagrad.cuda", &pimm_fast::cuda::embedding_update_rowwise_adagrad);
   m.impl("embedding_update_adam.cuda", &pimm_fast::cuda::embedding_update_adam);

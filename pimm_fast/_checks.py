@@ -109,6 +109,76 @@ def check_ids_in_range(indices: torch.Tensor, field_offsets: torch.Tensor, num_r
 
 
 # ----------------------------------------------------------------------------------------------
+# multi-hot bags and the fused updates (field-major values, see reference.embedding_bags_concat)
+# ----------------------------------------------------------------------------------------------
+def check_embedding_bags(values: torch.Tensor, bag_offsets: torch.Tensor, weight: torch.Tensor,
+                         field_offsets: torch.Tensor, pooling) -> None:
+    op = "embedding_bags_concat"
+    if values.dtype not in INDEX_DTYPES or values.dim() != 1:
+        raise TypeError(f"{op}: values must be a 1-D int32 or int64 tensor, got {values.dtype} {_shape(values)}")
+    if bag_offsets.dtype != torch.int64 or bag_offsets.dim() != 1 or bag_offsets.numel() < 1:
+        raise TypeError(f"{op}: bag_offsets must be a non-empty 1-D int64 tensor, got {bag_offsets.dtype} "
+                        f"{_shape(bag_offsets)}")
+    if weight.dtype not in FLOAT_DTYPES or weight.dim() != 2:
+        raise TypeError(f"{op}: weight must be a 2-D floating tensor, got {weight.dtype} {_shape(weight)}")
+    if field_offsets.dtype != torch.int64 or field_offsets.dim() != 1:
+        raise TypeError(f"{op}: field_offsets must be a 1-D int64 tensor, got {field_offsets.dtype}")
+    F_ = field_offsets.numel()
+    if len(pooling) != F_ or any(p not in (0, 1) for p in pooling):
+        raise ValueError(f"{op}: pooling must hold one code per field (0 = sum, 1 = mean) for {F_} fields, "
+                         f"got {list(pooling)}")
+    if F_ and (bag_offsets.numel() - 1) % F_:
+        raise ValueError(f"{op}: bag_offsets must have F*B + 1 entries for F = {F_} fields, got {bag_offsets.numel()}")
+    check_same_device(op, values=values, bag_offsets=bag_offsets, weight=weight, field_offsets=field_offsets)
+
+
+def check_update(grad_values: torch.Tensor, values: torch.Tensor, value_offsets: torch.Tensor,
+                 field_offsets: torch.Tensor, weight: torch.Tensor) -> None:
+    op = "embedding_update"
+    if values.dtype not in INDEX_DTYPES or values.dim() != 1:
+        raise TypeError(f"{op}: values must be a 1-D int32 or int64 tensor, got {values.dtype} {_shape(values)}")
+    if weight.dtype not in FLOAT_DTYPES or weight.dim() != 2:
+        raise TypeError(f"{op}: weight must be a 2-D floating tensor, got {weight.dtype} {_shape(weight)}")
+    if grad_values.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: grad_values must be a floating tensor, got {grad_values.dtype}")
+    if tuple(grad_values.shape) != (values.numel(), weight.shape[1]):
+        raise ValueError(f"{op}: grad_values must be [n, D] = [{values.numel()}, {weight.shape[1]}], "
+                         f"got {_shape(grad_values)}")
+    if field_offsets.dtype != torch.int64 or value_offsets.dtype != torch.int64:
+        raise TypeError(f"{op}: value_offsets and field_offsets must be int64")
+    if value_offsets.dim() != 1 or value_offsets.numel() != field_offsets.numel() + 1:
+        raise ValueError(f"{op}: value_offsets must be [F + 1] = [{field_offsets.numel() + 1}], "
+                         f"got {_shape(value_offsets)}")
+    check_same_device(op, grad_values=grad_values, values=values, value_offsets=value_offsets,
+                      field_offsets=field_offsets, weight=weight)
+
+
+def check_values_in_range(values: torch.Tensor, value_offsets: torch.Tensor, field_offsets: torch.Tensor,
+                          num_rows: int) -> None:
+    """value_offsets run from 0 to len(values) without decreasing; the values of field f lie in [0, size_f)."""
+    op = "embedding"
+    check_field_offsets(field_offsets, num_rows)
+    counts = value_offsets[1:] - value_offsets[:-1]
+    ok = (value_offsets[0] == 0) & (value_offsets[-1] == values.numel()) & (counts >= 0).all()
+    require(ok, ValueError, f"{op}: value offsets must run from 0 to the number of values without decreasing",
+            lambda: f"{op}: value offsets must run from 0 to the number of values ({values.numel()}) without "
+                    f"decreasing, got {value_offsets.tolist()}")
+    if values.numel() == 0:
+        return
+    field = torch.repeat_interleave(torch.arange(counts.numel(), device=values.device), counts)
+    size = field_sizes(field_offsets, num_rows)[field]
+    bad = (values < 0) | (values >= size)
+
+    def detail() -> str:
+        i = int(bad.nonzero()[0, 0])
+        f = int(field[i])
+        return (f"{op}: id {int(values[i])} out of range for field {f} (size {int(size[i])}) at position "
+                f"{i - int(value_offsets[f])} of the field's values")
+
+    require(~bad.any(), IndexError, f"{op}: id out of range for its field (or negative)", detail)
+
+
+# ----------------------------------------------------------------------------------------------
 # pim_attention
 # ----------------------------------------------------------------------------------------------
 def check_pim_attention(v, h_prev, label_prev, pred_prev, w_prior, w_q, w_k, w_v, p, seed,

@@ -7,7 +7,7 @@ Equations follow ARCHITECTURE.md section 2 and the PIMM paper (eqs. 1-6).
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,13 @@ __all__ = [
     "philox_uniform",
     "embedding_concat",
     "embedding_concat_backward",
+    "POOL_SUM",
+    "POOL_MEAN",
+    "embedding_bags_concat",
+    "embedding_bags_concat_backward",
+    "bag_value_grads",
+    "bag_value_offsets",
+    "dense_as_values",
     "coalesce_rows",
     "embedding_update_sgd",
     "embedding_update_rowwise_adagrad",
@@ -126,24 +133,107 @@ def embedding_concat_backward(grad_out: torch.Tensor, indices: torch.Tensor, fie
 
 
 # ----------------------------------------------------------------------------------------------
-# fused optimizers: the backward of embedding_concat applies the update to the rows it touched
+# multi-hot fields: field-major bags (torchrec's KeyedJaggedTensor idea, kept simple)
 # ----------------------------------------------------------------------------------------------
-def coalesce_rows(grad_out: torch.Tensor, indices: torch.Tensor, field_offsets: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows, grads): the table rows a batch touched (sorted, unique) and their summed gradient (in fp32,
+# The ids of F fields for B samples as one flat ``values`` tensor (field-local ids) in field-major
+# order: bag (f, b) is values[bag_offsets[f*B + b] : bag_offsets[f*B + b + 1]]. A single-valued field
+# is a field of bags of length 1. ``pooling`` has one code per field: 0 = sum, 1 = mean (of an empty
+# bag: zeros).
+POOL_SUM, POOL_MEAN = 0, 1
+
+
+def _bag_layout(bag_offsets: torch.Tensor, num_fields: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(B, lengths [F*B], bag index of each value)."""
+    nb = bag_offsets.numel() - 1
+    B = nb // num_fields if num_fields else 0
+    lengths = bag_offsets[1:] - bag_offsets[:-1]
+    bag_of_value = torch.repeat_interleave(torch.arange(nb, device=bag_offsets.device), lengths)
+    return B, lengths, bag_of_value
+
+
+def _bag_scale(lengths: torch.Tensor, pooling: Sequence[int], B: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-bag factor of each value's row: 1 for sum, 1 / length for mean."""
+    mean = torch.tensor([p == POOL_MEAN for p in pooling], device=lengths.device).repeat_interleave(B)
+    return torch.where(mean, 1.0 / lengths.clamp(min=1).to(dtype), torch.ones((), dtype=dtype, device=lengths.device))
+
+
+def bag_value_offsets(bag_offsets: torch.Tensor, num_fields: int) -> torch.Tensor:
+    """[F + 1]: where the values of each field start in ``values``."""
+    B = (bag_offsets.numel() - 1) // num_fields if num_fields else 0
+    return bag_offsets[torch.arange(num_fields + 1, device=bag_offsets.device) * B]
+
+
+def embedding_bags_concat(values: torch.Tensor, bag_offsets: torch.Tensor, weight: torch.Tensor,
+                          field_offsets: torch.Tensor, pooling: Sequence[int]) -> torch.Tensor:
+    """out[b, f*D:(f+1)*D] = pool_{v in bag (f, b)} weight[field_offsets[f] + v]  ->  [B, F*D]."""
+    _checks.check_embedding_bags(values, bag_offsets, weight, field_offsets, pooling)
+    F_ = field_offsets.numel()
+    _checks.check_values_in_range(values, bag_value_offsets(bag_offsets, F_), field_offsets, weight.shape[0])
+    B, lengths, bag_of_value = _bag_layout(bag_offsets, F_)
+    ct = torch.promote_types(weight.dtype, torch.float32)
+    rows = values.long() + field_offsets[bag_of_value // max(B, 1)]
+    scale = _bag_scale(lengths, pooling, B, ct)
+    pooled = torch.zeros(F_ * B, weight.shape[1], dtype=ct, device=weight.device)
+    pooled.index_add_(0, bag_of_value, F.embedding(rows, weight).to(ct) * scale[bag_of_value, None])
+    return pooled.view(F_, B, -1).transpose(0, 1).reshape(B, -1).to(weight.dtype)
+
+
+def bag_value_grads(grad_out: torch.Tensor, bag_offsets: torch.Tensor, pooling: Sequence[int]) -> torch.Tensor:
+    """The gradient of the row of every value [n, D]: its bag's output gradient times the pooling factor."""
+    F_ = len(pooling)
+    B, lengths, bag_of_value = _bag_layout(bag_offsets, F_)
+    ct = torch.promote_types(grad_out.dtype, torch.float32)
+    per_bag = grad_out.reshape(B, F_, -1).transpose(0, 1).reshape(F_ * B, -1).to(ct)
+    return per_bag[bag_of_value] * _bag_scale(lengths, pooling, B, ct)[bag_of_value, None]
+
+
+def embedding_bags_concat_backward(grad_out: torch.Tensor, values: torch.Tensor, bag_offsets: torch.Tensor,
+                                   field_offsets: torch.Tensor, pooling: Sequence[int], num_rows: int) -> torch.Tensor:
+    """Dense gradient of the table for embedding_bags_concat."""
+    F_ = field_offsets.numel()
+    grads = bag_value_grads(grad_out, bag_offsets, pooling)
+    rows = values.long() + field_offsets.repeat_interleave(torch.diff(bag_value_offsets(bag_offsets, F_)))
+    acc = torch.zeros(num_rows, grads.shape[1], dtype=grads.dtype, device=grad_out.device)
+    return acc.index_add_(0, rows, grads).to(grad_out.dtype)
+
+
+def dense_as_values(indices: torch.Tensor, grad_out: torch.Tensor | None = None):
+    """Single-valued ids [B, F] in the field-major value layout: (values [F*B], value_offsets [F+1]) and,
+    given the output gradient [B, F*D], the gradient of each value's row [F*B, D]."""
+    B, F_ = indices.shape
+    values = indices.t().reshape(-1)
+    value_offsets = torch.arange(F_ + 1, device=indices.device) * B
+    if grad_out is None:
+        return values, value_offsets
+    return values, value_offsets, grad_out.reshape(B, F_, -1).transpose(0, 1).reshape(F_ * B, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# fused optimizers: the backward of the lookup applies the update to the rows it touched
+# ----------------------------------------------------------------------------------------------
+# The update ops take the touched ids in the field-major layout above: ``values`` [n] field-local
+# ids, ``value_offsets`` [F + 1] where each field's values start, and ``grad_values`` [n, D] the
+# gradient of each value's row (from dense_as_values or bag_value_grads).
+def coalesce_rows(grad_values: torch.Tensor, values: torch.Tensor, value_offsets: torch.Tensor,
+                  field_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, grads): the table rows touched (sorted, unique) and their summed gradient (in fp32,
     fp64 for fp64 tables).
 
-    A row hit by several samples gets one update with the sum of their gradients, as a coalesced
+    A row hit several times in a batch gets one update with the sum of its gradients, as a coalesced
     sparse gradient would (torch.optim.SparseAdam coalesces first).
     """
-    B, F_ = indices.shape
-    D = grad_out.shape[1] // max(F_, 1)
-    rows = (indices.long() + field_offsets).reshape(-1)
+    rows = values.long() + field_offsets.repeat_interleave(torch.diff(value_offsets))
     unique, inverse = torch.unique(rows, sorted=True, return_inverse=True)
-    acc_dtype = torch.promote_types(grad_out.dtype, torch.float32)
-    grads = torch.zeros(unique.numel(), D, dtype=acc_dtype, device=grad_out.device)
-    grads.index_add_(0, inverse, grad_out.reshape(B * F_, D).to(acc_dtype))
+    acc_dtype = torch.promote_types(grad_values.dtype, torch.float32)
+    grads = torch.zeros(unique.numel(), grad_values.shape[1], dtype=acc_dtype, device=grad_values.device)
+    grads.index_add_(0, inverse, grad_values.to(acc_dtype))
     return unique, grads
+
+
+def _touched(grad_values, values, value_offsets, field_offsets, weight):
+    _checks.check_update(grad_values, values, value_offsets, field_offsets, weight)
+    _checks.check_values_in_range(values, value_offsets, field_offsets, weight.shape[0])
+    return coalesce_rows(grad_values, values, value_offsets, field_offsets)
 
 
 def _write_rows(weight: torch.Tensor, rows: torch.Tensor, new_rows: torch.Tensor) -> None:
@@ -151,32 +241,32 @@ def _write_rows(weight: torch.Tensor, rows: torch.Tensor, new_rows: torch.Tensor
 
 
 @torch.no_grad()
-def embedding_update_sgd(grad_out, indices, field_offsets, weight, lr: float) -> None:
+def embedding_update_sgd(grad_values, values, value_offsets, field_offsets, weight, lr: float) -> None:
     """w_r -= lr * g_r for every touched row r (in place)."""
-    rows, g = coalesce_rows(grad_out, indices, field_offsets)
+    rows, g = _touched(grad_values, values, value_offsets, field_offsets, weight)
     _write_rows(weight, rows, weight[rows].to(g.dtype) - lr * g)
 
 
 @torch.no_grad()
-def embedding_update_rowwise_adagrad(grad_out, indices, field_offsets, weight, state_sum, lr: float,
-                                     eps: float) -> None:
+def embedding_update_rowwise_adagrad(grad_values, values, value_offsets, field_offsets, weight, state_sum,
+                                     lr: float, eps: float) -> None:
     """Row-wise Adagrad (one accumulator per row, as FBGEMM's EXACT_ROWWISE_ADAGRAD):
     G_r += mean(g_r^2);  w_r -= lr * g_r / (sqrt(G_r) + eps)."""
-    rows, g = coalesce_rows(grad_out, indices, field_offsets)
+    rows, g = _touched(grad_values, values, value_offsets, field_offsets, weight)
     acc = state_sum[rows] + (g * g).mean(1)
     state_sum[rows] = acc
     _write_rows(weight, rows, weight[rows].to(g.dtype) - lr * g / (acc.sqrt() + eps)[:, None])
 
 
 @torch.no_grad()
-def embedding_update_adam(grad_out, indices, field_offsets, weight, exp_avg, exp_avg_sq, step, lr: float,
-                          beta1: float, beta2: float, eps: float) -> None:
+def embedding_update_adam(grad_values, values, value_offsets, field_offsets, weight, exp_avg, exp_avg_sq, step,
+                          lr: float, beta1: float, beta2: float, eps: float) -> None:
     """Lazy Adam with torch.optim.SparseAdam's semantics: one step counter for the table (incremented
-    here), moments updated only for the touched rows, w_r -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m_r / (sqrt(v_r) + eps).
-    """
+    here), moments updated only for the touched rows,
+    w_r -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m_r / (sqrt(v_r) + eps)."""
+    rows, g = _touched(grad_values, values, value_offsets, field_offsets, weight)
     step += 1
     t = float(step)
-    rows, g = coalesce_rows(grad_out, indices, field_offsets)
     m = exp_avg[rows] + (g - exp_avg[rows]) * (1 - beta1)
     v = exp_avg_sq[rows] + (g * g - exp_avg_sq[rows]) * (1 - beta2)
     exp_avg[rows], exp_avg_sq[rows] = m, v

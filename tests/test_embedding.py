@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import pimm_fast
-from pimm_fast import FusedEmbedding, PIMM
+from pimm_fast import FieldEmbedding, FusedEmbedding, JaggedIds, PIMM
 from pimm_fast import reference as R
 from pimm_fast.ops import backends, op
 
@@ -38,6 +38,22 @@ def batch_ids(batch, field_dims=FIELD_DIMS):
     return torch.stack([torch.randint(0, n, (batch,)) for n in field_dims], dim=1)
 
 
+def as_values(grad, indices):
+    """The update ops take field-major values: (grad_values, values, value_offsets) of dense ids."""
+    values, value_offsets, grad_values = R.dense_as_values(indices, grad)
+    return grad_values, values, value_offsets
+
+
+def random_bags(batch, field_dims=FIELD_DIMS, max_len=4, device="cpu"):
+    """JaggedIds with bags of 0..max_len ids per (field, sample), empty bags included."""
+    fields = []
+    for n in field_dims:
+        lengths = torch.randint(0, max_len + 1, (batch,))
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+        fields.append((torch.randint(0, n, (int(offsets[-1]),)), offsets))
+    return JaggedIds.from_fields(fields).to(device)
+
+
 # ---------------------------------------------------------------------------------------------
 # the update ops
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +64,7 @@ def test_opcheck_update_ops(backend, optimizer):
     grad = torch.randn(17, 16, device=weight.device)
     state = make_state(optimizer, weight)
     torch.library.opcheck(op(f"embedding_update_{optimizer}", backend),
-                          (grad, indices, offsets, weight, *state, *HPARAMS[optimizer]))
+                          (*as_values(grad, indices), offsets, weight, *state, *HPARAMS[optimizer]))
 
 
 @pytest.mark.parametrize("backend", UPDATE_BACKENDS)
@@ -64,8 +80,9 @@ def test_update_ops_match_reference(backend, optimizer, batch, dtype, index_dtyp
     w_ref, w_got = weight.clone(), weight.clone()
     for _ in range(3):
         grad = torch.randn(batch, 20, dtype=torch.float64, device=weight.device).to(dtype)
-        getattr(R, f"embedding_update_{optimizer}")(grad, indices, offsets, w_ref, *state_ref, *HPARAMS[optimizer])
-        op(f"embedding_update_{optimizer}", backend)(grad, indices, offsets, w_got, *state_got, *HPARAMS[optimizer])
+        args = (*as_values(grad, indices), offsets)
+        getattr(R, f"embedding_update_{optimizer}")(*args, w_ref, *state_ref, *HPARAMS[optimizer])
+        op(f"embedding_update_{optimizer}", backend)(*args, w_got, *state_got, *HPARAMS[optimizer])
     tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
     torch.testing.assert_close(w_got, w_ref, atol=tol, rtol=tol)
     for got, ref in zip(state_got, state_ref):
@@ -83,16 +100,21 @@ def test_update_errors_leave_the_table_untouched(backend):
     before = weight.clone()
     bad = indices.clone()
     bad[5, 3] = 300
-    with pytest.raises(IndexError, match=r"id 300 out of range for field 3 \(size 300\) at sample 5"):
-        op("embedding_update_adam", backend)(grad, bad, offsets, weight, *state, *HPARAMS["adam"])
+    with pytest.raises(IndexError, match=r"id 300 out of range for field 3 \(size 300\) at position 5"):
+        op("embedding_update_adam", backend)(*as_values(grad, bad), offsets, weight, *state, *HPARAMS["adam"])
     assert torch.equal(weight, before) and int(state[2]) == 0
-    with pytest.raises(ValueError, match=r"grad_out must be \[B, F\*D\]"):
-        op("embedding_update_sgd", backend)(grad[:, :8], indices, offsets, weight, 0.1)
+    grad_values, values, value_offsets = as_values(grad, indices)
+    with pytest.raises(ValueError, match=r"grad_values must be \[n, D\]"):
+        op("embedding_update_sgd", backend)(grad_values[:, :2], values, value_offsets, offsets, weight, 0.1)
+    with pytest.raises(ValueError, match="value offsets must run from 0"):
+        op("embedding_update_sgd", backend)(grad_values, values, value_offsets.flip(0), offsets, weight, 0.1)
     with pytest.raises(TypeError, match="exp_avg must have dtype torch.float32"):
-        op("embedding_update_adam", backend)(grad, indices, offsets, weight, state[0].double(), state[1], state[2],
-                                             *HPARAMS["adam"])
+        op("embedding_update_adam", backend)(grad_values, values, value_offsets, offsets, weight, state[0].double(),
+                                             state[1], state[2], *HPARAMS["adam"])
     with pytest.raises(ValueError, match="state_sum must have shape"):
-        op("embedding_update_rowwise_adagrad", backend)(grad, indices, offsets, weight, state[0], 0.1, 1e-10)
+        op("embedding_update_rowwise_adagrad", backend)(grad_values, values, value_offsets, offsets, weight, state[0],
+                                                        0.1, 1e-10)
+    assert torch.equal(weight, before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,3 +220,97 @@ def test_backend_without_a_fused_kernel_says_so():
     emb = FusedEmbedding(FIELD_DIMS, 4, backend="triton")
     with pytest.raises(RuntimeError, match="backend 'triton' has no fused adam kernel"):
         emb(batch_ids(4))
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-hot fields (bags)
+# ---------------------------------------------------------------------------------------------
+BAG_BACKENDS = ["reference"] + UPDATE_BACKENDS
+
+
+@pytest.mark.parametrize("backend", BAG_BACKENDS)
+@pytest.mark.parametrize("batch", [1, 3, 257])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_bags_pool_sum_and_mean(backend, batch, dtype):
+    device = device_of(backend) if backend != "reference" else "cpu"
+    emb = FieldEmbedding(FIELD_DIMS, 3, backend=backend, pooling=("sum", "mean", "mean", "sum"), dtype=dtype).to(device)
+    x = random_bags(batch, device=device)
+    out = emb(x)
+    bo, vals, w = x.bag_offsets.cpu(), x.values.cpu(), emb.weight.detach().cpu().double()
+    offsets = emb.field_offsets.cpu()
+    for b in range(batch):
+        for f, mode in enumerate(emb.pooling):
+            k = f * batch + b
+            rows = w[offsets[f] + vals[bo[k]:bo[k + 1]]]
+            expected = torch.zeros(3, dtype=torch.float64) if len(rows) == 0 else (
+                rows.sum(0) if mode == "sum" else rows.mean(0))
+            tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+            torch.testing.assert_close(out[b, 3 * f:3 * f + 3].cpu().double(), expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_bags_op_opcheck_gradcheck_and_parity(backend):
+    device = device_of(backend)
+    x = random_bags(9, device=device)
+    _, weight, offsets = make_embedding_inputs(1, FIELD_DIMS, 3, torch.float64, device=device)
+    weight.requires_grad_(True)
+    pooling = [0, 1, 1, 0]
+    kernel = op("embedding_bags_concat", backend)
+    torch.library.opcheck(kernel, (x.values, x.bag_offsets, weight, offsets, pooling))
+    assert torch.autograd.gradcheck(lambda w: kernel(x.values, x.bag_offsets, w, offsets, pooling), (weight,))
+    grad = torch.randn(9, 12, dtype=torch.float64, device=device)
+    got = op("embedding_bags_concat_backward", backend)(grad, x.values, x.bag_offsets, offsets, pooling, weight.shape[0])
+    expected = R.embedding_bags_concat_backward(grad, x.values, x.bag_offsets, offsets, pooling, weight.shape[0])
+    torch.testing.assert_close(got, expected)
+    torch.library.opcheck(op("embedding_bags_concat_backward", backend),
+                          (grad, x.values, x.bag_offsets, offsets, pooling, weight.shape[0]))
+
+
+@pytest.mark.parametrize("backend", BAG_BACKENDS)
+def test_bag_errors(backend):
+    device = device_of(backend) if backend != "reference" else "cpu"
+    emb = FieldEmbedding(FIELD_DIMS, 3, backend=backend).to(device)
+    fields = [torch.tensor([1, 2]), (torch.tensor([0, 0, 0]), torch.tensor([0, 1, 3])), torch.tensor([0, 6]),
+              (torch.tensor([299, 300]), torch.tensor([0, 2, 2]))]
+    with pytest.raises(IndexError, match="id 300 out of range for field 3"):
+        emb(JaggedIds.from_fields(fields).to(device))
+    with pytest.raises(ValueError, match="field 1 has 3 samples, field 0 has 2"):
+        JaggedIds.from_fields([torch.tensor([1, 2]), (torch.tensor([0, 0]), torch.tensor([0, 1, 1, 2]))])
+    with pytest.raises(ValueError, match="offsets must run from 0 to len"):
+        JaggedIds.from_fields([(torch.tensor([0, 0]), torch.tensor([0, 1]))])
+    with pytest.raises(ValueError, match=r"expected ids of shape \[B, 4\]"):
+        emb(JaggedIds.from_dense(batch_ids(3)[:, :2]).to(device))
+    with pytest.raises(ValueError, match="pooling must be 'sum' or 'mean'"):
+        FieldEmbedding(FIELD_DIMS, 3, pooling=("sum", "max", "sum", "sum"))
+
+
+def test_dense_ids_and_length_one_bags_agree():
+    x = batch_ids(33)
+    emb = FieldEmbedding(FIELD_DIMS, 3, backend=FUSED_BACKENDS[-1])
+    torch.testing.assert_close(emb(JaggedIds.from_dense(x)), emb(x))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fused_bags_equal_torch_sparse_optimizer(backend, optimizer):
+    """Multi-hot sum/mean bags: EmbeddingBag(sparse=True) + torch's optimizer give the same table."""
+    lr = HPARAMS[optimizer][0]
+    pooling = ("sum", "mean", "mean", "sum")
+    emb = FusedEmbedding(FIELD_DIMS, 4, optimizer=optimizer, lr=lr, backend=backend, pooling=pooling)
+    param = torch.nn.Parameter(emb.weight.detach().clone())
+    opt = {"sgd": lambda: torch.optim.SGD([param], lr=lr),
+           "adam": lambda: torch.optim.SparseAdam([param], lr=lr)}[optimizer]()
+    for _ in range(3):
+        x = random_bags(16)
+        grad = torch.randn(16, 16)
+        emb(x).backward(grad)
+        outs = []
+        for f, mode in enumerate(pooling):
+            start, stop = f * 16, (f + 1) * 16 + 1
+            offsets = x.bag_offsets[start:stop] - x.bag_offsets[start]
+            ids = x.values[int(x.bag_offsets[start]):int(x.bag_offsets[stop - 1])] + emb.field_offsets[f]
+            outs.append(F.embedding_bag(ids, param, offsets, mode=mode, sparse=True, include_last_offset=True))
+        opt.zero_grad()
+        torch.cat(outs, 1).backward(grad)
+        opt.step()
+    torch.testing.assert_close(emb.weight.detach(), param.detach(), atol=2e-6, rtol=1e-5)

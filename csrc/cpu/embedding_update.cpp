@@ -1,10 +1,11 @@
 // Fused optimizer steps for the embedding table on the CPU (FBGEMM's idea, kept simple): the
-// backward of embedding_concat sums the gradient of every row the batch touched and updates that row
-// and its optimizer state in place. No table-sized gradient is ever formed.
+// backward of a lookup sums the gradient of every row the batch touched and updates that row and its
+// optimizer state in place. No table-sized gradient is ever formed.
 //
-// Fields own disjoint row ranges, so fields are processed in parallel without atomics. Inside a
-// field an open-addressing map gathers the samples of each row; the rows are then updated in the order
-// of their first occurrence, and gradients are summed in sample order (deterministic).
+// The touched ids come field-major (values, value_offsets; see pimm_fast/reference.py). Fields own
+// disjoint row ranges, so fields are processed in parallel without atomics. Inside a field an
+// open-addressing map gathers the values of each row; the rows are then updated in the order of
+// their first occurrence, and gradients are summed in value order (deterministic).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -64,37 +65,33 @@ class RowSums {
   std::vector<acc_t> sums_;
 };
 
-// Every id in range, checked before anything is written: a failing call leaves the table untouched.
-void check_ids(const char* op, const at::Tensor& indices, const std::vector<int64_t>& sizes) {
-  const at::Tensor ids_t = indices.contiguous();
-  const int64_t B = ids_t.size(0), F = ids_t.size(1);
-  AT_DISPATCH_INDEX_TYPES(ids_t.scalar_type(), "embedding_update_check_ids", [&] {
-    const index_t* ids = ids_t.data_ptr<index_t>();
-    at::parallel_for(0, B, 2048, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t f = 0; f < F; ++f) {
-          const index_t id = ids[b * F + f];
-          TORCH_CHECK_INDEX(id >= 0 && id < sizes[f], op, ": id ", static_cast<int64_t>(id),
-                            " out of range for field ", f, " (size ", sizes[f], ") at sample ", b);
+// Checks every input and every id before anything is written (a failing call leaves the table as it
+// was); returns the host copies of value_offsets and field_offsets.
+struct Layout {
+  std::vector<int64_t> value_offsets, field_offsets, sizes;
+};
+
+Layout check_and_layout(const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& value_offsets,
+                        const at::Tensor& field_offsets, const at::Tensor& weight) {
+  check_update(grad_values, values, value_offsets, field_offsets, weight);
+  Layout layout{host_value_offsets(value_offsets, values.numel()), {}, field_sizes(field_offsets, weight.size(0))};
+  const at::Tensor off = field_offsets.contiguous();
+  layout.field_offsets.assign(off.data_ptr<int64_t>(), off.data_ptr<int64_t>() + off.numel());
+  const at::Tensor vals = values.contiguous();
+  const int64_t F = field_offsets.numel();
+  AT_DISPATCH_INDEX_TYPES(vals.scalar_type(), "embedding_update_check", [&] {
+    const index_t* v = vals.data_ptr<index_t>();
+    at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
+      for (int64_t f = f0; f < f1; ++f) {
+        for (int64_t i = layout.value_offsets[f]; i < layout.value_offsets[f + 1]; ++i) {
+          TORCH_CHECK_INDEX(v[i] >= 0 && v[i] < layout.sizes[f], "embedding_update: id ", static_cast<int64_t>(v[i]),
+                            " out of range for field ", f, " (size ", layout.sizes[f], ") at position ",
+                            i - layout.value_offsets[f], " of the field's values");
         }
       }
     });
   });
-}
-
-// Checks shared by the three updates; returns the rows each field owns.
-std::vector<int64_t> check_update(const char* op, const at::Tensor& grad_out, const at::Tensor& indices,
-                                  const at::Tensor& field_offsets, const at::Tensor& weight) {
-  check_embedding_concat(indices, weight, field_offsets);
-  TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": weight must be contiguous (it is updated in place)");
-  const int64_t B = indices.size(0), F = indices.size(1), D = weight.size(1);
-  TORCH_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(0) == B && grad_out.size(1) == F * D, op,
-                    ": grad_out must be [B, F*D] = [", B, ", ", F * D, "], got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == weight.scalar_type(), op, ": grad_out has dtype ",
-                   dtype_name(grad_out.scalar_type()), " but weight has ", dtype_name(weight.scalar_type()));
-  std::vector<int64_t> sizes = field_sizes(field_offsets, weight.size(0));
-  check_ids(op, indices, sizes);
-  return sizes;
+  return layout;
 }
 
 void check_state(const char* op, const char* name, const at::Tensor& state, const at::Tensor& weight,
@@ -114,24 +111,24 @@ void check_state(const char* op, const char* name, const at::Tensor& state, cons
 // is updated hides most of the memory latency.
 constexpr int64_t kPrefetchDistance = 8;
 
-// Sums the gradient of every touched row and calls update(row, grad_sum) once per row (ids checked);
-// prefetch(row) is called kPrefetchDistance rows ahead.
-template <typename scalar_t, typename index_t, typename acc_t, typename Update, typename Prefetch>
-void for_each_touched_row(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& field_offsets,
-                          int64_t D, const Update& update, const Prefetch& prefetch) {
-  const at::Tensor grad = grad_out.contiguous(), ids_t = indices.contiguous(), off_t = field_offsets.contiguous();
-  const int64_t B = ids_t.size(0), F = ids_t.size(1);
-  const scalar_t* g = grad.data_ptr<scalar_t>();
-  const index_t* ids = ids_t.data_ptr<index_t>();
-  const int64_t* off = off_t.data_ptr<int64_t>();
+// Sums the gradient of every touched row and calls update(row, grad_sum) once per row; prefetch(row)
+// is called kPrefetchDistance rows ahead. Fields own disjoint rows, so they run in parallel.
+template <typename index_t, typename acc_t, typename Update, typename Prefetch>
+void for_each_touched_row(const at::Tensor& grad_values, const at::Tensor& values, const Layout& layout, int64_t D,
+                          const Update& update, const Prefetch& prefetch) {
+  const at::Tensor grad = grad_values.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const at::Tensor vals = values.contiguous();
+  const acc_t* g = grad.data_ptr<acc_t>();
+  const index_t* v = vals.data_ptr<index_t>();
+  const int64_t F = static_cast<int64_t>(layout.field_offsets.size());
   at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
     RowSums<acc_t> sums;
     for (int64_t f = f0; f < f1; ++f) {
-      sums.reset(B, D);
-      for (int64_t b = 0; b < B; ++b) {
-        acc_t* s = sums[off[f] + ids[b * F + f]];
-        const scalar_t* gb = g + (b * F + f) * D;
-        for (int64_t j = 0; j < D; ++j) s[j] += static_cast<acc_t>(gb[j]);
+      const int64_t begin = layout.value_offsets[f], end = layout.value_offsets[f + 1];
+      sums.reset(end - begin, D);
+      for (int64_t i = begin; i < end; ++i) {
+        acc_t* s = sums[layout.field_offsets[f] + v[i]];
+        for (int64_t j = 0; j < D; ++j) s[j] += g[i * D + j];
       }
       const int64_t n = sums.size();
       for (int64_t slot = 0; slot < std::min(n, kPrefetchDistance); ++slot) prefetch(sums.row(slot));
@@ -145,8 +142,8 @@ void for_each_touched_row(const at::Tensor& grad_out, const at::Tensor& indices,
 
 // Dispatches on the id and table types; fn is called as fn.template operator()<scalar_t, index_t, acc_t>().
 template <typename Fn>
-void dispatch(const at::Tensor& indices, const at::Tensor& weight, Fn&& fn) {
-  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "embedding_update", [&] {
+void dispatch(const at::Tensor& values, const at::Tensor& weight, Fn&& fn) {
+  AT_DISPATCH_INDEX_TYPES(values.scalar_type(), "embedding_update", [&] {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "embedding_update", [&] {
       fn.template operator()<scalar_t, index_t, at::opmath_type<scalar_t>>();
     });
@@ -155,34 +152,30 @@ void dispatch(const at::Tensor& indices, const at::Tensor& weight, Fn&& fn) {
 
 }  // namespace
 
-void embedding_update_sgd(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& field_offsets,
-                          const at::Tensor& weight, double lr) {
-  const char* op = "embedding_update_sgd";
-  check_update(op, grad_out, indices, field_offsets, weight);
+void embedding_update_sgd(const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& value_offsets,
+                          const at::Tensor& field_offsets, const at::Tensor& weight, double lr) {
+  const Layout layout = check_and_layout(grad_values, values, value_offsets, field_offsets, weight);
   const int64_t D = weight.size(1);
-  dispatch(indices, weight, [&]<typename scalar_t, typename index_t, typename acc_t>() {
+  dispatch(values, weight, [&]<typename scalar_t, typename index_t, typename acc_t>() {
     scalar_t* w = weight.data_ptr<scalar_t>();
     const acc_t step = static_cast<acc_t>(lr);
-    for_each_touched_row<scalar_t, index_t, acc_t>(grad_out, indices, field_offsets, D,
-                                                   [&](int64_t row, const acc_t* g) {
+    for_each_touched_row<index_t, acc_t>(grad_values, values, layout, D, [&](int64_t row, const acc_t* g) {
       scalar_t* wr = w + row * D;
       for (int64_t j = 0; j < D; ++j) wr[j] = static_cast<scalar_t>(static_cast<acc_t>(wr[j]) - step * g[j]);
     }, [&](int64_t row) { __builtin_prefetch(w + row * D, 1); });
   });
 }
 
-void embedding_update_rowwise_adagrad(const at::Tensor& grad_out, const at::Tensor& indices,
-                                      const at::Tensor& field_offsets, const at::Tensor& weight,
-                                      const at::Tensor& state_sum, double lr, double eps) {
-  const char* op = "embedding_update_rowwise_adagrad";
-  check_update(op, grad_out, indices, field_offsets, weight);
-  check_state(op, "state_sum", state_sum, weight, /*per_element=*/false);
+void embedding_update_rowwise_adagrad(const at::Tensor& grad_values, const at::Tensor& values,
+                                      const at::Tensor& value_offsets, const at::Tensor& field_offsets,
+                                      const at::Tensor& weight, const at::Tensor& state_sum, double lr, double eps) {
+  const Layout layout = check_and_layout(grad_values, values, value_offsets, field_offsets, weight);
+  check_state("embedding_update_rowwise_adagrad", "state_sum", state_sum, weight, /*per_element=*/false);
   const int64_t D = weight.size(1);
-  dispatch(indices, weight, [&]<typename scalar_t, typename index_t, typename acc_t>() {
+  dispatch(values, weight, [&]<typename scalar_t, typename index_t, typename acc_t>() {
     scalar_t* w = weight.data_ptr<scalar_t>();
     acc_t* G = state_sum.data_ptr<acc_t>();
-    for_each_touched_row<scalar_t, index_t, acc_t>(grad_out, indices, field_offsets, D,
-                                                   [&](int64_t row, const acc_t* g) {
+    for_each_touched_row<index_t, acc_t>(grad_values, values, layout, D, [&](int64_t row, const acc_t* g) {
       acc_t sq = 0;
       for (int64_t j = 0; j < D; ++j) sq += g[j] * g[j];
       G[row] += sq / static_cast<acc_t>(D);
@@ -196,11 +189,12 @@ void embedding_update_rowwise_adagrad(const at::Tensor& grad_out, const at::Tens
   });
 }
 
-void embedding_update_adam(const at::Tensor& grad_out, const at::Tensor& indices, const at::Tensor& field_offsets,
-                           const at::Tensor& weight, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
-                           const at::Tensor& step, double lr, double beta1, double beta2, double eps) {
+void embedding_update_adam(const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& value_offsets,
+                           const at::Tensor& field_offsets, const at::Tensor& weight, const at::Tensor& exp_avg,
+                           const at::Tensor& exp_avg_sq, const at::Tensor& step, double lr, double beta1,
+                           double beta2, double eps) {
   const char* op = "embedding_update_adam";
-  check_update(op, grad_out, indices, field_offsets, weight);
+  const Layout layout = check_and_layout(grad_values, values, value_offsets, field_offsets, weight);
   check_state(op, "exp_avg", exp_avg, weight, /*per_element=*/true);
   check_state(op, "exp_avg_sq", exp_avg_sq, weight, /*per_element=*/true);
   TORCH_CHECK_VALUE(step.dim() == 0 && step.scalar_type() == at::kLong && step.device().is_cpu(), op,
@@ -208,14 +202,13 @@ void embedding_update_adam(const at::Tensor& grad_out, const at::Tensor& indices
   const int64_t t = ++*step.data_ptr<int64_t>();  // one counter for the table, as torch.optim.SparseAdam
   const double step_size = lr * std::sqrt(1 - std::pow(beta2, t)) / (1 - std::pow(beta1, t));
   const int64_t D = weight.size(1);
-  dispatch(indices, weight, [&]<typename scalar_t, typename index_t, typename acc_t>() {
+  dispatch(values, weight, [&]<typename scalar_t, typename index_t, typename acc_t>() {
     scalar_t* w = weight.data_ptr<scalar_t>();
     acc_t *m = exp_avg.data_ptr<acc_t>(), *v = exp_avg_sq.data_ptr<acc_t>();
     // 1 - beta in double first: 1 - float(0.999) is off by 1e-5 relative
     const acc_t b1 = static_cast<acc_t>(1.0 - beta1), b2 = static_cast<acc_t>(1.0 - beta2);
     const acc_t size = static_cast<acc_t>(step_size), e = static_cast<acc_t>(eps);
-    for_each_touched_row<scalar_t, index_t, acc_t>(grad_out, indices, field_offsets, D,
-                                                   [&](int64_t row, const acc_t* g) {
+    for_each_touched_row<index_t, acc_t>(grad_values, values, layout, D, [&](int64_t row, const acc_t* g) {
       for (int64_t j = 0; j < D; ++j) {
         const int64_t k = row * D + j;
         m[k] += (g[j] - m[k]) * b1;

@@ -1,12 +1,16 @@
 """Categorical fields embedded from one flat table with per-field row offsets."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 from torch import nn
 
 from .. import ops, reference
+from .jagged import JaggedIds
+
+Ids = Union[torch.Tensor, JaggedIds]
+POOLING = {"sum": reference.POOL_SUM, "mean": reference.POOL_MEAN}
 
 
 def check_field_dims(field_dims: Sequence[int]) -> tuple[int, ...]:
@@ -25,10 +29,13 @@ class FieldEmbedding(nn.Module):
     One parameter ``weight`` of shape [sum(field_dims), embed_dim]; field f owns rows
     [offset_f, offset_f + field_dims[f]). An id outside its field raises IndexError (naming the field,
     id and sample) before any row is read.
+
+    Multi-hot fields: pass ``JaggedIds`` instead of a [B, F] tensor; each field's bag of ids is pooled by
+    ``pooling`` ("sum" or "mean", one for all fields or one per field; an empty bag gives zeros).
     """
 
     def __init__(self, field_dims: Sequence[int], embed_dim: int, backend: str = "auto", init_std: float = 0.01,
-                 device=None, dtype=None):
+                 pooling: Union[str, Sequence[str]] = "sum", device=None, dtype=None):
         super().__init__()
         self.field_dims = check_field_dims(field_dims)
         if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
@@ -41,6 +48,12 @@ class FieldEmbedding(nn.Module):
         offsets = torch.tensor((0,) + self.field_dims[:-1], dtype=torch.int64, device=device).cumsum(0)
         self.register_buffer("field_offsets", offsets, persistent=False)
         self.init_std = init_std
+        modes = [pooling] * len(self.field_dims) if isinstance(pooling, str) else list(pooling)
+        if len(modes) != len(self.field_dims) or any(m not in POOLING for m in modes):
+            raise ValueError(f"pooling must be 'sum' or 'mean', once or per field ({len(self.field_dims)}), "
+                             f"got {pooling!r}")
+        self.pooling = tuple(modes)
+        self.pooling_codes = tuple(POOLING[m] for m in modes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -54,15 +67,18 @@ class FieldEmbedding(nn.Module):
     def output_dim(self) -> int:
         return self.num_fields * self.embed_dim
 
-    def _check_ids_shape(self, x: torch.Tensor) -> None:
-        if x.dim() != 2 or x.shape[1] != self.num_fields:
+    def _check_ids_shape(self, x: Ids) -> None:
+        if len(x.shape) != 2 or x.shape[1] != self.num_fields:
             raise ValueError(f"expected ids of shape [B, {self.num_fields}] (one column per field), "
                              f"got {list(x.shape)}")
         if x.device != self.weight.device:
             raise ValueError(f"ids are on {x.device} but the embedding table is on {self.weight.device}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Ids) -> torch.Tensor:
         self._check_ids_shape(x)
+        if isinstance(x, JaggedIds):
+            return ops.embedding_bags_concat(x.values, x.bag_offsets, self.weight, self.field_offsets,
+                                             self.pooling_codes, backend=self.backend)
         return ops.embedding_concat(x, self.weight, self.field_offsets, backend=self.backend)
 
     def extra_repr(self) -> str:
@@ -77,7 +93,8 @@ _DEFAULT_EPS = {"sgd": 0.0, "rowwise_adagrad": 1e-10, "adam": 1e-8}
 
 
 class _LookupWithUpdate(torch.autograd.Function):
-    """Forward: embedding_concat. Backward: the optimizer step on the touched rows, and no gradient.
+    """Forward: the lookup (dense ids, or bags when bag_offsets is given). Backward: the optimizer step
+    on the touched rows, and no gradient.
 
     The table and the state are kept on ctx as attributes, not saved tensors: they are updated in
     place, and a saved tensor would fail autograd's version check when the table is used twice
@@ -85,18 +102,28 @@ class _LookupWithUpdate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, indices, weight, field_offsets, backend, update, hparams, *state):
-        ctx.save_for_backward(indices, field_offsets)
-        ctx.weight, ctx.state, ctx.update, ctx.hparams = weight, state, update, hparams
+    def forward(ctx, ids, bag_offsets, weight, field_offsets, pooling, backend, update, hparams, *state):
+        ctx.save_for_backward(ids, bag_offsets, field_offsets)
+        ctx.weight, ctx.state, ctx.update, ctx.hparams, ctx.pooling = weight, state, update, hparams, pooling
+        if bag_offsets is not None:
+            if backend == "reference":
+                return reference.embedding_bags_concat(ids, bag_offsets, weight, field_offsets, pooling)
+            return ops.op("embedding_bags_concat", backend)(ids, bag_offsets, weight, field_offsets, list(pooling))
         if backend == "reference":
-            return reference.embedding_concat(indices, weight, field_offsets)
-        return ops.op("embedding_concat", backend)(indices, weight, field_offsets)
+            return reference.embedding_concat(ids, weight, field_offsets)
+        return ops.op("embedding_concat", backend)(ids, weight, field_offsets)
 
     @staticmethod
     def backward(ctx, grad_out):
-        indices, field_offsets = ctx.saved_tensors
-        ctx.update(grad_out.contiguous(), indices, field_offsets, ctx.weight, *ctx.state, *ctx.hparams)
-        return (None,) * (6 + len(ctx.state))
+        ids, bag_offsets, field_offsets = ctx.saved_tensors
+        if bag_offsets is None:
+            values, value_offsets, grad_values = reference.dense_as_values(ids, grad_out)
+        else:
+            values = ids
+            value_offsets = reference.bag_value_offsets(bag_offsets, field_offsets.numel())
+            grad_values = reference.bag_value_grads(grad_out, bag_offsets, ctx.pooling)
+        ctx.update(grad_values, values, value_offsets, field_offsets, ctx.weight, *ctx.state, *ctx.hparams)
+        return (None,) * (8 + len(ctx.state))
 
 
 class FusedEmbedding(FieldEmbedding):
@@ -118,8 +145,9 @@ class FusedEmbedding(FieldEmbedding):
 
     def __init__(self, field_dims: Sequence[int], embed_dim: int, optimizer: str = "adam", lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None, backend: str = "auto",
-                 init_std: float = 0.01, device=None, dtype=None):
-        super().__init__(field_dims, embed_dim, backend=backend, init_std=init_std, device=device, dtype=dtype)
+                 init_std: float = 0.01, pooling: Union[str, Sequence[str]] = "sum", device=None, dtype=None):
+        super().__init__(field_dims, embed_dim, backend=backend, init_std=init_std, pooling=pooling, device=device,
+                         dtype=dtype)
         if optimizer not in FUSED_OPTIMIZERS:
             raise ValueError(f"unknown fused optimizer {optimizer!r}; choose one of {FUSED_OPTIMIZERS}")
         if not lr > 0:
@@ -158,11 +186,12 @@ class FusedEmbedding(FieldEmbedding):
                                f"use backend='cpp' (CPU), 'cuda' or 'reference'")
         return ops.op(name, backend)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Ids) -> torch.Tensor:
         self._check_ids_shape(x)
         backend = ops.resolve_backend(self.backend, self.weight.device)
-        return _LookupWithUpdate.apply(x, self.weight, self.field_offsets, backend, self._update_fn(backend),
-                                       self._hparams(), *self._state())
+        ids, bags = (x.values, x.bag_offsets) if isinstance(x, JaggedIds) else (x, None)
+        return _LookupWithUpdate.apply(ids, bags, self.weight, self.field_offsets, self.pooling_codes, backend,
+                                       self._update_fn(backend), self._hparams(), *self._state())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, optimizer={self.optimizer!r}, lr={self.lr}"

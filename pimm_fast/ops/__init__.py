@@ -7,7 +7,7 @@ autograd formula calls ``torch.ops.pimm_fast.pim_attention_backward.<backend>``.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -20,7 +20,7 @@ from .schemas import KERNEL_BACKENDS, op
 
 __all__ = [
     "BACKENDS", "KERNEL_BACKENDS", "available_backends", "is_available", "resolve_backend", "op",
-    "embedding_concat", "pim_attention", "validate_labels", "as_p", "as_seed",
+    "embedding_concat", "embedding_bags_concat", "pim_attention", "validate_labels", "as_p", "as_seed",
 ]
 
 
@@ -40,6 +40,17 @@ def embedding_concat(indices: torch.Tensor, weight: torch.Tensor, field_offsets:
     if chosen == "reference":
         return reference.embedding_concat(indices, weight, field_offsets)
     return op("embedding_concat", chosen)(indices, weight, field_offsets)
+
+
+def embedding_bags_concat(values: torch.Tensor, bag_offsets: torch.Tensor, weight: torch.Tensor,
+                          field_offsets: torch.Tensor, pooling: Sequence[int], backend: str = "auto") -> torch.Tensor:
+    """Pool each field's bag of ids (sum or mean) and concatenate: field-major bags -> [B, F*D]."""
+    chosen = resolve_backend(backend, weight.device)
+    if chosen == "reference":
+        return reference.embedding_bags_concat(values, bag_offsets, weight, field_offsets, pooling)
+    if not schemas.has_op("embedding_bags_concat", chosen):
+        raise RuntimeError(f"backend {chosen!r} has no multi-hot (bags) kernel; use 'cpp', 'cuda' or 'reference'")
+    return op("embedding_bags_concat", chosen)(values, bag_offsets, weight, field_offsets, list(pooling))
 
 
 def pim_attention(v: torch.Tensor, h_prev: torch.Tensor, label_prev: Optional[torch.Tensor],

@@ -43,12 +43,26 @@ def _fake_pim_attention_backward(grad_u, v, h_prev, label_prev, pred_prev, w_pri
             w_k.new_empty(d, d), w_v.new_empty(d, d), v.new_empty(d), v.new_empty(d), v.new_empty(d))
 
 
-def _fake_update(grad_out, indices, field_offsets, weight, *state_and_hparams):
-    _checks.check_embedding_concat(indices, weight, field_offsets)
+def _fake_update(grad_values, values, value_offsets, field_offsets, weight, *state_and_hparams):
+    _checks.check_update(grad_values, values, value_offsets, field_offsets, weight)
     return None
 
 
+def _fake_embedding_bags_concat(values, bag_offsets, weight, field_offsets, pooling):
+    _checks.check_embedding_bags(values, bag_offsets, weight, field_offsets, pooling)
+    F_ = field_offsets.shape[0]
+    batch = (bag_offsets.shape[0] - 1) // F_ if F_ else 0
+    return weight.new_empty(batch, F_ * weight.shape[1])
+
+
+def _fake_embedding_bags_concat_backward(grad_out, values, bag_offsets, field_offsets, pooling, num_rows):
+    F_ = field_offsets.shape[0]
+    return grad_out.new_empty(num_rows, grad_out.shape[1] // F_ if F_ else 0)
+
+
 _FAKES = {
+    "embedding_bags_concat": _fake_embedding_bags_concat,
+    "embedding_bags_concat_backward": _fake_embedding_bags_concat_backward,
     "embedding_update_sgd": _fake_update,
     "embedding_update_rowwise_adagrad": _fake_update,
     "embedding_update_adam": _fake_update,
@@ -77,6 +91,26 @@ def _embedding_backward_for(backend: str):
         if ctx.needs_input_grad[1]:
             grad_weight = backward_op(grad_out.contiguous(), indices, field_offsets, ctx.num_rows)
         return None, grad_weight, None
+
+    return backward
+
+
+def _bags_setup(ctx, inputs, output):
+    values, bag_offsets, weight, field_offsets, pooling = inputs
+    ctx.save_for_backward(values, bag_offsets, field_offsets)
+    ctx.num_rows, ctx.pooling = weight.shape[0], pooling
+
+
+def _bags_backward_for(backend: str):
+    backward_op = op("embedding_bags_concat_backward", backend)
+
+    def backward(ctx, grad_out):
+        values, bag_offsets, field_offsets = ctx.saved_tensors
+        grad_weight = None
+        if ctx.needs_input_grad[2]:
+            grad_weight = backward_op(grad_out.contiguous(), values, bag_offsets, field_offsets, ctx.pooling,
+                                      ctx.num_rows)
+        return None, None, grad_weight, None, None
 
     return backward
 
@@ -111,6 +145,9 @@ def _pim_backward_for(backend: str):
 for _name, _fake in _FAKES.items():
     for _backend in FUSED_OPS[_name][1]:
         torch.library.register_fake(qualname(_name, _backend), _fake, lib=lib)
+for _backend in FUSED_OPS["embedding_bags_concat"][1]:
+    torch.library.register_autograd(qualname("embedding_bags_concat", _backend), _bags_backward_for(_backend),
+                                    setup_context=_bags_setup, lib=lib)
 for _backend in KERNEL_BACKENDS:
     torch.library.register_autograd(qualname("embedding_concat", _backend), _embedding_backward_for(_backend),
                                     setup_context=_embedding_setup, lib=lib)

@@ -19,7 +19,7 @@ KERNEL_BACKENDS = ("cpp", "cuda", "triton")
 _ALL = KERNEL_BACKENDS
 _COMPILED = ("cpp", "cuda")  # ops without a Triton kernel
 
-_UPDATE_ARGS = "Tensor grad_out, Tensor indices, Tensor field_offsets, Tensor(a!) weight"
+_UPDATE_ARGS = "Tensor grad_values, Tensor values, Tensor value_offsets, Tensor field_offsets, Tensor(a!) weight"
 
 # name -> (schema, backends that implement it)
 FUSED_OPS = {
@@ -35,7 +35,15 @@ FUSED_OPS = {
         "Tensor w_q, Tensor w_k, Tensor w_v, Tensor select, Tensor? b_q, Tensor? b_k, Tensor? b_v) "
         "-> (Tensor grad_v, Tensor grad_h_prev, Tensor grad_w_prior, Tensor grad_w_q, Tensor grad_w_k, "
         "Tensor grad_w_v, Tensor grad_b_q, Tensor grad_b_k, Tensor grad_b_v)", _ALL),
-    # Fused optimizer steps: update the rows of `weight` (and their state) that the batch touched.
+    # Multi-hot fields: field-major bags of ids pooled by sum (0) or mean (1) per field.
+    "embedding_bags_concat": (
+        "(Tensor values, Tensor bag_offsets, Tensor weight, Tensor field_offsets, int[] pooling) -> Tensor",
+        _COMPILED),
+    "embedding_bags_concat_backward": (
+        "(Tensor grad_out, Tensor values, Tensor bag_offsets, Tensor field_offsets, int[] pooling, "
+        "SymInt num_rows) -> Tensor", _COMPILED),
+    # Fused optimizer steps: update the rows of `weight` (and their state) that the batch touched,
+    # given field-major values and the gradient of each value's row.
     "embedding_update_sgd": (f"({_UPDATE_ARGS}, float lr) -> ()", _COMPILED),
     "embedding_update_rowwise_adagrad": (
         f"({_UPDATE_ARGS}, Tensor(b!) state_sum, float lr, float eps) -> ()", _COMPILED),
