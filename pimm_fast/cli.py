@@ -47,11 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--cache-dir", dest="cache", action=_DataOption, default=argparse.SUPPRESS,
                       help="cache of preprocessed files ('none' disables; default $PIMM_FAST_CACHE_DIR or "
                            "~/.cache/pimm_fast)")
+    train.add_argument("--model", default="pimm",
+                       help="pimm, shared_bottom, esmm, mmoe, ple, aitm or mncm (default: pimm)")
+    train.add_argument("--backbone", default=None, choices=("towers", "mmoe", "ple"),
+                       help="pimm only: what feeds the towers (default: towers, as in the paper)")
+    train.add_argument("--embedding-optimizer", default="dense", choices=("dense", "adam", "rowwise_adagrad", "sgd"),
+                       help="dense: the table trains with the model's Adam; else a fused optimizer updates the "
+                            "touched rows in the backward (lazy Adam, row-wise Adagrad, SGD)")
+    train.add_argument("--embedding-lr", type=float, default=None, help="fused optimizer lr (default: --lr)")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=1024)
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--embed-dim", type=int, default=5)
-    train.add_argument("--tower-dims", type=_parse_dims, default=(128, 64, 32))
+    train.add_argument("--tower-dims", type=_parse_dims, default=None,
+                       help="tower widths (default: the model's, (128, 64, 32) for pimm)")
     train.add_argument("--alpha", type=float, default=0.5, help="curriculum: initial p")
     train.add_argument("--step", type=float, default=0.25, help="curriculum: decrease of p per epoch")
     train.add_argument("--floor", type=float, default=0.25, help="curriculum: lower limit of p")
@@ -124,6 +133,31 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def build_model(args: argparse.Namespace, train):
+    """The model named by --model over the data's fields, with the fused embedding if asked for."""
+    import pimm_fast
+    from .models import build_model as by_name
+
+    kwargs = {"embed_dim": args.embed_dim, "backend": args.backend, "task_names": train.task_names}
+    if args.tower_dims is not None:
+        kwargs["tower_dims"] = args.tower_dims
+    if args.embedding_optimizer != "dense":
+        kwargs["embedding"] = pimm_fast.FusedEmbedding(
+            train.field_dims, args.embed_dim, optimizer=args.embedding_optimizer,
+            lr=args.embedding_lr if args.embedding_lr is not None else args.lr, backend=args.backend)
+    name = args.model.strip().lower().replace("-", "_")
+    if name == "pimm":
+        kwargs["curriculum"] = pimm_fast.Curriculum(args.alpha, args.step, args.floor)
+        if args.backbone is not None:
+            kwargs["backbone"] = args.backbone
+    elif args.backbone is not None:
+        raise SystemExit("pimm-fast: --backbone applies to --model pimm only")
+    try:
+        return by_name(name, train.field_dims, num_tasks=train.num_tasks, **kwargs)
+    except ValueError as err:
+        raise SystemExit(f"pimm-fast: {err}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import pimm_fast
     from .train import TrainConfig, evaluate, fit
@@ -133,13 +167,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     train, test = load_data(args.data, args.samples, args.seed)
-    model = pimm_fast.PIMM(train.field_dims, num_tasks=train.num_tasks, embed_dim=args.embed_dim,
-                           tower_dims=args.tower_dims, task_names=train.task_names, backend=args.backend,
-                           curriculum=pimm_fast.Curriculum(args.alpha, args.step, args.floor)).to(args.device)
+    model = build_model(args, train).to(args.device)
     backend = pimm_fast.ops.resolve_backend(args.backend, args.device)
-    print(f"PIMM on {args.data}: {len(train):,} train / {len(test):,} test impressions, "
+    print(f"{type(model).__name__} on {args.data}: {len(train):,} train / {len(test):,} test impressions, "
           f"{len(train.field_dims)} fields, tasks {' -> '.join(train.task_names)}; "
-          f"backend {backend} on {args.device}, {torch.get_num_threads()} threads", flush=True)
+          f"backend {backend} on {args.device}, {torch.get_num_threads()} threads, "
+          f"embedding optimizer {args.embedding_optimizer}", flush=True)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          per_step_curriculum=args.per_step_curriculum, progress=not args.no_progress)
 

@@ -37,3 +37,22 @@ def test_bad_arguments_exit_with_a_message(capsys):
     assert "comma-separated ints" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown data spec"):
         main(["train", "--data", "parquet:/nope", "--no-progress"])
+
+
+def test_baselines_and_fused_embedding_from_the_command_line(capsys):
+    for model in ("aitm", "esmm"):
+        assert main(["train", "--model", model, "--samples", "8000", "--epochs", "1", "--no-progress"]) == 0
+        assert f"{model.upper()} on synthetic:demo" in capsys.readouterr().out
+    assert main(["train", "--model", "pimm", "--backbone", "mmoe", "--embedding-optimizer", "rowwise_adagrad",
+                 "--embedding-lr", "0.05", "--samples", "8000", "--epochs", "1", "--tower-dims", "16",
+                 "--no-progress"]) == 0
+    assert "embedding optimizer rowwise_adagrad" in capsys.readouterr().out
+
+
+def test_unknown_model_and_misplaced_backbone_exit_with_a_message():
+    import pytest
+
+    with pytest.raises(SystemExit, match="unknown model 'xgboost'"):
+        main(["train", "--model", "xgboost", "--samples", "2000", "--no-progress"])
+    with pytest.raises(SystemExit, match="--backbone applies to --model pimm only"):
+        main(["train", "--model", "aitm", "--backbone", "ple", "--samples", "2000", "--no-progress"])
