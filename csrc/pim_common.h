@@ -1,4 +1,4 @@
-// The algebra that the CPU and CUDA PIM kernels share (host code, ATen ops on small d x d tensors).
+// The algebra of the PIM kernels (host code, ATen ops on small d x d tensors, used by the CUDA kernels).
 //
 // With q = Wq a + bq and k = Wk a + bk, the score of token a is
 //   s(a) = q.k / sqrt(d) = 0.5 a^T S a + c.a + const,   S = (Wq^T Wk + Wk^T Wq) / sqrt(d),
@@ -9,6 +9,9 @@
 // V for both tokens. The weight gradients come back from G = sum_i gs_i (v v^T - Zm Zm^T) and
 // r = sum_i gs_i (v - Zm), gs_i = dL/ds(v_i) = -dL/ds(Zm_i):
 //   dWq = (Wk G + bk r^T)/sqrt(d), dWk = (Wq G + bq r^T)/sqrt(d), dbq = Wk r/sqrt(d), dbk = Wq r/sqrt(d).
+// G is symmetric: with P = gs (v - Zm) and Q = v + Zm, G = (P^T Q + Q^T P) / 2, one product, not two.
+// The CPU kernel (cpu/pim_attention.cpp) follows the same algebra in fused loops; this header serves
+// the CUDA kernels.
 #pragma once
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>

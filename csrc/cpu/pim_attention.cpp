@@ -120,8 +120,7 @@ PIMM_TARGET_CLONES void forward_block(const Rows<T>& in, const Constants<T>& k, 
     select[i] = sel;
     const T* v = in.v + i * d;
     prior<T, D>(in, k, i, sel, z, zm);
-    vecmat<T, D>(v, k.S.data(), Sv, d);
-    vecmat<T, D>(zm, k.S.data(), Szm, d);
+    vecmat2<T, D>(v, zm, k.S.data(), Sv, Szm, d);
     mix<T, D>(v, zm, Sv, Szm, k.c.data(), d, m);
     vecmat<T, D>(m, k.wvT.data(), vm, d);
     T* out = u + i * d;
@@ -147,7 +146,7 @@ template <typename T, int D>
 PIMM_INLINE void backward_row(int64_t d_, T a0, T gs, T ystar, const T* __restrict__ g, const T* __restrict__ gm,
                               const T* __restrict__ Sv, const T* __restrict__ Szm, const T* __restrict__ c,
                               const T* __restrict__ v, const T* __restrict__ zm, const T* __restrict__ z,
-                              T* __restrict__ grad_v, T* __restrict__ grad_h, T* __restrict__ sv, T* __restrict__ szm,
+                              T* __restrict__ grad_v, T* __restrict__ grad_h, T* __restrict__ p, T* __restrict__ q,
                               T* __restrict__ gwp, T* __restrict__ r, T* __restrict__ gbv) {
   const int64_t d = width<D>(d_);
   const T a1 = T(1) - a0;
@@ -156,10 +155,10 @@ PIMM_INLINE void backward_row(int64_t d_, T a0, T gs, T ystar, const T* __restri
     const T gzm = a1 * gm[j] - gs * (Szm[j] + c[j]);
     grad_h[j] = gzm;
     gwp[j] += gzm * z[j] * (T(1) - z[j]) * ystar;
-    r[j] += gs * (v[j] - zm[j]);
+    p[j] = gs * (v[j] - zm[j]);
+    q[j] = v[j] + zm[j];
+    r[j] += p[j];
     gbv[j] += g[j];
-    sv[j] = gs * v[j];
-    szm[j] = -gs * zm[j];
   }
 }
 
@@ -172,8 +171,8 @@ PIMM_TARGET_CLONES void backward_block(const Rows<T>& in, const Constants<T>& k,
                                        int64_t b0, int64_t b1, T* grad_v, T* grad_h, GradSums<T>& sums,
                                        T* scratch) {
   const int64_t d = width<D>(k.d), rows = b1 - b0;
-  T *zm_blk = scratch, *m_blk = zm_blk + kBlock * d, *sv_blk = m_blk + kBlock * d, *szm_blk = sv_blk + kBlock * d;
-  T *z = szm_blk + kBlock * d, *Sv = z + d, *Szm = Sv + d, *gm = Szm + d;
+  T *zm_blk = scratch, *m_blk = zm_blk + kBlock * d, *p_blk = m_blk + kBlock * d, *q_blk = p_blk + kBlock * d;
+  T *z = q_blk + kBlock * d, *Sv = z + d, *Szm = Sv + d, *gm = Szm + d;
   T *gwp = sums.gwp(), *r = sums.r(), *gbv = sums.gbv();
   for (int64_t i = b0; i < b1; ++i) {
     const int64_t o = (i - b0) * d;
@@ -182,17 +181,16 @@ PIMM_TARGET_CLONES void backward_block(const Rows<T>& in, const Constants<T>& k,
     T* zm = zm_blk + o;
     T* m = m_blk + o;
     const T ystar = prior<T, D>(in, k, i, in.label && select[i], z, zm);
-    vecmat<T, D>(v, k.S.data(), Sv, d);
-    vecmat<T, D>(zm, k.S.data(), Szm, d);
+    vecmat2<T, D>(v, zm, k.S.data(), Sv, Szm, d);
     const T a0 = mix<T, D>(v, zm, Sv, Szm, k.c.data(), d, m), a1 = T(1) - a0;
     vecmat<T, D>(gi, k.wv.data(), gm, d);  // dL/dm = Wv^T g
     const T gs = a0 * a1 * (dot(gm, v, d) - dot(gm, zm, d));  // dL/ds(v) = -dL/ds(zm)
     backward_row<T, D>(d, a0, gs, ystar, gi, gm, Sv, Szm, k.c.data(), v, zm, z, grad_v + i * d, grad_h + i * d,
-                       sv_blk + o, szm_blk + o, gwp, r, gbv);
+                       p_blk + o, q_blk + o, gwp, r, gbv);
   }
-  // G += sum gs (v v^T - zm zm^T);  dWv += sum g m^T
-  accumulate_tn<T, D>(sv_blk, in.v + b0 * d, rows, sums.G(), d);
-  accumulate_tn<T, D>(szm_blk, zm_blk, rows, sums.G(), d);
+  // sum gs (v v^T - zm zm^T) = sym(P^T Q) with P = gs (v - zm), Q = v + zm: one product instead of two.
+  // G collects P^T Q here and is symmetrised after the reduction.   dWv += sum g m^T
+  accumulate_tn<T, D>(p_blk, q_blk, rows, sums.G(), d);
   accumulate_tn<T, D>(g + b0 * d, m_blk, rows, sums.gWv(), d);
 }
 
@@ -303,9 +301,13 @@ PimGrads pim_attention_backward(const at::Tensor& grad_u, const at::Tensor& v, c
     for (auto& part : per_thread) {
       for (size_t e = 0; e < total.buf.size(); ++e) total.buf[e] += part.buf[e];
     }
+    T* G = total.G();
+    for (int64_t a = 0; a < d; ++a) {  // G = (P^T Q + Q^T P) / 2
+      for (int64_t b = a; b < d; ++b) G[a * d + b] = G[b * d + a] = T(0.5) * (G[a * d + b] + G[b * d + a]);
+    }
     // Epilogue (d^3): dWq = (Wk G + bk r^T)/sqrt(d), dWk = (Wq G + bq r^T)/sqrt(d), dbq = Wk r/sqrt(d), dbk = Wq r/sqrt(d)
     const T scale = T(1) / std::sqrt(T(d));
-    const T *q = in.w_q.data_ptr<T>(), *kk = in.w_k.data_ptr<T>(), *G = total.G(), *r = total.r();
+    const T *q = in.w_q.data_ptr<T>(), *kk = in.w_k.data_ptr<T>(), *r = total.r();
     const T* bq = in.b_q.defined() ? in.b_q.data_ptr<T>() : nullptr;
     const T* bk = in.b_k.defined() ? in.b_k.data_ptr<T>() : nullptr;
     T *gwq = grad_wq.data_ptr<T>(), *gwk = grad_wk.data_ptr<T>(), *gbq = grad_bq.data_ptr<T>(),

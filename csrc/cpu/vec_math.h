@@ -123,6 +123,34 @@ PIMM_INLINE void vecmat(const T* __restrict__ x, const T* __restrict__ M, T* __r
   }
 }
 
+// (y0, y1) = (x0 @ M, x1 @ M): two row vectors against the same matrix, each row of M loaded once.
+template <typename T, int D>
+PIMM_INLINE void vecmat2(const T* __restrict__ x0, const T* __restrict__ x1, const T* __restrict__ M,
+                         T* __restrict__ y0, T* __restrict__ y1, int64_t d) {
+  if constexpr (D > 0 && D % kLanes<T> == 0 && D / kLanes<T> <= 4) {
+    constexpr int V = D / kLanes<T>;
+    vec_t<T> a0[V] = {}, a1[V] = {};
+#pragma GCC unroll 8
+    for (int k = 0; k < D; ++k) {
+      const T b0 = x0[k], b1 = x1[k];
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        const vec_t<T> row = load(M + k * D + v * kLanes<T>);
+        a0[v] += b0 * row;
+        a1[v] += b1 * row;
+      }
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      store(y0 + v * kLanes<T>, a0[v]);
+      store(y1 + v * kLanes<T>, a1[v]);
+    }
+  } else {
+    vecmat<T, D>(x0, M, y0, d);
+    vecmat<T, D>(x1, M, y1, d);
+  }
+}
+
 // G += sum_i a_i^T b_i over `rows` rows of a and b [rows, d] (G [d, d] row-major): a block's
 // contribution to a weight gradient. R rows of G are held in registers across the samples, so that
 // about 8 independent FMA chains run at once.

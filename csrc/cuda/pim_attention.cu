@@ -84,7 +84,7 @@ __global__ void grad_kernel(const T* __restrict__ g, const T* __restrict__ gm, c
                             const T* __restrict__ z, const T* __restrict__ zm, const T* __restrict__ Sv,
                             const T* __restrict__ Szm, const T* __restrict__ c, const T* __restrict__ w0s,
                             const T* __restrict__ ystar, T* __restrict__ grad_v, T* __restrict__ grad_zm,
-                            T* __restrict__ sv, T* __restrict__ szm, T* __restrict__ wp_rows, int64_t B, int64_t d) {
+                            T* __restrict__ p, T* __restrict__ q, T* __restrict__ wp_rows, int64_t B, int64_t d) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (i >= B) return;
@@ -103,8 +103,8 @@ __global__ void grad_kernel(const T* __restrict__ g, const T* __restrict__ gm, c
     const T gzm = a1 * gm[e] - gs * (Szm[e] + c[j]);
     grad_zm[e] = gzm;
     wp_rows[e] = gzm * z[e] * (T(1) - z[e]) * ys;
-    sv[e] = gs * v[e];
-    szm[e] = gs * zm[e];
+    p[e] = gs * (v[e] - zm[e]);
+    q[e] = v[e] + zm[e];
   }
 }
 
@@ -211,7 +211,7 @@ PimGrads pim_attention_backward(const at::Tensor& grad_u, const at::Tensor& v, c
   at::Tensor ystar = at::empty({B}, opts), w0 = at::empty({B}, opts);
   at::Tensor z = at::empty({B, d}, opts), zm = at::empty({B, d}, opts), m = at::empty({B, d}, opts);
   at::Tensor grad_v = at::empty({B, d}, opts), grad_zm = at::empty({B, d}, opts);
-  at::Tensor sv = at::empty({B, d}, opts), szm = at::empty({B, d}, opts), wp_rows = at::empty({B, d}, opts);
+  at::Tensor p = at::empty({B, d}, opts), q = at::empty({B, d}, opts), wp_rows = at::empty({B, d}, opts);
   at::Tensor Sv, Szm, gm;
   at::Tensor errors = at::full({kNumSlots}, static_cast<int64_t>(-1), opts.dtype(at::kLong));
   if (B > 0) {
@@ -223,14 +223,15 @@ PimGrads pim_attention_backward(const at::Tensor& grad_u, const at::Tensor& v, c
           g.data_ptr<scalar_t>(), gm.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
           zm.data_ptr<scalar_t>(), Sv.data_ptr<scalar_t>(), Szm.data_ptr<scalar_t>(), form.c.data_ptr<scalar_t>(),
           w0.data_ptr<scalar_t>(), ystar.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>(),
-          grad_zm.data_ptr<scalar_t>(), sv.data_ptr<scalar_t>(), szm.data_ptr<scalar_t>(),
+          grad_zm.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
           wp_rows.data_ptr<scalar_t>(), B, d);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  at::Tensor G = at::mm(sv.t(), in.v);
-  G.addmm_(szm.t(), zm, /*beta=*/1, /*alpha=*/-1);
-  const at::Tensor r = (sv - szm).sum(0);
+  // sum gs (v v^T - zm zm^T) = sym(P^T Q), P = gs (v - zm), Q = v + zm (see ../pim_common.h)
+  const at::Tensor PQ = at::mm(p.t(), q);
+  const at::Tensor G = (PQ + PQ.t()) * 0.5;
+  const at::Tensor r = p.sum(0);
   auto [g_wq, g_wk, g_bq, g_bk] = score_weight_grads(G, r, w_q, w_k, b_q, b_k, in.ct);
   const at::ScalarType out = v.scalar_type();
   return {grad_v.to(out), grad_zm.to(out), wp_rows.sum(0).to(out), g_wq.to(out), g_wk.to(out),

@@ -97,10 +97,10 @@ def _backward_kernel(g_ptr, v_ptr, h_ptr, label_ptr, pred_ptr, sel_ptr, wp_ptr, 
     pid = tl.program_id(0)
     vec = part_vec_ptr + pid * 3 * BLOCK_D + cols
     tl.store(vec, tl.sum(gzm * z * (1.0 - z) * ystar[:, None], 0))
-    tl.store(vec + BLOCK_D, tl.sum(gs[:, None] * (v - zm), 0))
+    P = gs[:, None] * (v - zm)  # sum gs (v v^T - zm zm^T) = sym(P^T Q) with Q = v + zm: one product
+    tl.store(vec + BLOCK_D, tl.sum(P, 0))
     tl.store(vec + 2 * BLOCK_D, tl.sum(g, 0))
-    G = tl.dot(tl.trans(gs[:, None] * v), v, input_precision="ieee") - tl.dot(
-        tl.trans(gs[:, None] * zm), zm, input_precision="ieee")
+    G = tl.dot(tl.trans(P), v + zm, input_precision="ieee")
     gwv = tl.dot(tl.trans(g), m, input_precision="ieee")
     mat = part_mat_ptr + pid * 2 * BLOCK_D * BLOCK_D + cols[:, None] * BLOCK_D + cols[None, :]
     tl.store(mat, G)
@@ -168,7 +168,8 @@ def pim_attention_backward(grad_u, v, h_prev, label_prev, pred_prev, w_prior, w_
             HAS_LABEL=label_prev is not None, BLOCK_B=BLOCK_B, BLOCK_D=bd)
     # one reduction per output, so that no two outputs share storage
     g_wp, r, g_bv = (part_vec[:, i, :d].sum(0) for i in range(3))
-    G, g_wv = (part_mat[:, i, :d, :d].sum(0) for i in range(2))
+    PQ, g_wv = (part_mat[:, i, :d, :d].sum(0) for i in range(2))
+    G = (PQ + PQ.t()) * 0.5
     scale = 1.0 / math.sqrt(d)
     q, k = w_q.to(ct), w_k.to(ct)
     g_wq = k @ G
