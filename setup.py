@@ -75,11 +75,13 @@ def extensions():
     from torch.utils import cpp_extension
 
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("**/*.cpp"))
-    cxx = ["-O3", "-fvisibility=hidden"]
-    kwargs = dict(name="pimm_fast._C", extra_compile_args={"cxx": cxx})
+    # -fopenmp: at::parallel_for is an inline template whose OpenMP pragma is compiled here; without the
+    # flag every kernel silently runs on one thread.
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    kwargs = dict(name="pimm_fast._C", extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     if with_cuda:
         sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
-        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-DPIMM_FAST_WITH_CUDA"]
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-DPIMM_FAST_WITH_CUDA", "-Xcompiler", "-fopenmp"]
         kwargs["define_macros"] = [("PIMM_FAST_WITH_CUDA", None)]
         ext = cpp_extension.CUDAExtension(sources=sources, **kwargs)
     else:
