@@ -265,4 +265,5 @@ def test_cpp_kernels_agree_across_thread_counts():
     assert torch.equal(u1, u2) and torch.equal(s1, s2)
     assert torch.equal(g1[0], g2[0]) and torch.equal(g1[1], g2[1])  # per-sample gradients
     for a, b in zip(g1[2:], g2[2:]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        scale = b.abs().max()  # sums over 3000 samples: compare relative to their magnitude
+        torch.testing.assert_close(a / scale, b / scale, rtol=1e-5, atol=1e-5)
