@@ -67,6 +67,13 @@ inline void check_embedding_concat(const at::Tensor& indices, const at::Tensor& 
   check_same_device(op, indices, "indices", field_offsets, "field_offsets");
 }
 
+inline void check_embedding_concat_backward(const at::Tensor& grad_out, const at::Tensor& indices) {
+  TORCH_CHECK_VALUE(indices.dim() == 2 && grad_out.dim() == 2 && grad_out.size(0) == indices.size(0) &&
+                        (indices.size(1) == 0 || grad_out.size(1) % indices.size(1) == 0),
+                    "embedding_concat_backward: grad_out must be [B, F*D] for indices ", indices.sizes(), ", got ",
+                    grad_out.sizes());
+}
+
 // Rows owned by each field (host copy of the offsets); checks that they tile the table.
 inline std::vector<int64_t> field_sizes(const at::Tensor& field_offsets, int64_t num_rows) {
   const at::Tensor off = field_offsets.to(at::kCPU).contiguous();
@@ -110,6 +117,14 @@ inline void check_embedding_bags(const at::Tensor& values, const at::Tensor& bag
   check_same_device(op, weight, "weight", values, "values");
   check_same_device(op, weight, "weight", bag_offsets, "bag_offsets");
   check_same_device(op, weight, "weight", field_offsets, "field_offsets");
+}
+
+// Returns D, the embedding width.
+inline int64_t check_embedding_bags_backward(const at::Tensor& grad_out, const at::Tensor& field_offsets) {
+  const int64_t F = field_offsets.numel();
+  TORCH_CHECK_VALUE(grad_out.dim() == 2 && F > 0 && grad_out.size(1) % F == 0,
+                    "embedding_bags_concat_backward: grad_out must be [B, F*D], got ", grad_out.sizes());
+  return grad_out.size(1) / F;
 }
 
 inline void check_update(const at::Tensor& grad_values, const at::Tensor& values, const at::Tensor& value_offsets,
@@ -183,6 +198,13 @@ inline void check_pim_attention(const at::Tensor& v, const at::Tensor& h_prev,
   if (b_q) check(*b_q, "b_q", {d}, true);
   if (b_k) check(*b_k, "b_k", {d}, true);
   if (b_v) check(*b_v, "b_v", {d}, true);
+}
+
+inline void check_pim_attention_backward(const at::Tensor& grad_u, const at::Tensor& v, const at::Tensor& select) {
+  TORCH_CHECK_VALUE(grad_u.sizes() == v.sizes(), "pim_attention_backward: grad_u must have the shape of v ",
+                    v.sizes(), ", got ", grad_u.sizes());
+  TORCH_CHECK_VALUE(select.scalar_type() == at::kBool && select.sizes() == at::IntArrayRef{v.size(0)},
+                    "pim_attention_backward: select must be bool [B]");
 }
 
 // p (0-dim float) and seed (0-dim int64) are read on the host.

@@ -55,10 +55,7 @@ at::Tensor embedding_concat(const at::Tensor& indices, const at::Tensor& weight,
 // without atomics; repeated rows accumulate in fp32 for 16-bit tables.
 at::Tensor embedding_concat_backward(const at::Tensor& grad_out, const at::Tensor& indices,
                                      const at::Tensor& field_offsets, int64_t num_rows) {
-  TORCH_CHECK_VALUE(indices.dim() == 2 && grad_out.dim() == 2 && grad_out.size(0) == indices.size(0) &&
-                        (indices.size(1) == 0 || grad_out.size(1) % indices.size(1) == 0),
-                    "embedding_concat_backward: grad_out must be [B, F*D] for indices ", indices.sizes(), ", got ",
-                    grad_out.sizes());
+  check_embedding_concat_backward(grad_out, indices);
   const at::Tensor ids = indices.contiguous(), grad = grad_out.contiguous(), off_t = field_offsets.contiguous();
   const int64_t B = ids.size(0), F = ids.size(1), D = F ? grad.size(1) / F : 0;
   const at::ScalarType acc_type = compute_type(grad.scalar_type());

@@ -271,10 +271,7 @@ PimGrads pim_attention_backward(const at::Tensor& grad_u, const at::Tensor& v, c
                                 const at::Tensor& w_v, const at::Tensor& select, const std::optional<at::Tensor>& b_q,
                                 const std::optional<at::Tensor>& b_k, const std::optional<at::Tensor>& b_v) {
   check_pim_attention(v, h_prev, label_prev, pred_prev, w_prior, w_q, w_k, w_v, b_q, b_k, b_v);
-  TORCH_CHECK_VALUE(grad_u.sizes() == v.sizes(), "pim_attention_backward: grad_u must have the shape of v ",
-                    v.sizes(), ", got ", grad_u.sizes());
-  TORCH_CHECK_VALUE(select.scalar_type() == at::kBool && select.sizes() == at::IntArrayRef{v.size(0)},
-                    "pim_attention_backward: select must be bool [B]");
+  check_pim_attention_backward(grad_u, v, select);
   const Prepared in = prepare(v, h_prev, label_prev, pred_prev, w_prior, w_q, w_k, w_v, b_q, b_k, b_v);
   const int64_t B = v.size(0), d = v.size(1);
   const auto opts = in.v.options();

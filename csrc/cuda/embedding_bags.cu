@@ -66,14 +66,11 @@ at::Tensor embedding_bags_concat(const at::Tensor& values, const at::Tensor& bag
 at::Tensor embedding_bags_concat_backward(const at::Tensor& grad_out, const at::Tensor& values,
                                           const at::Tensor& bag_offsets, const at::Tensor& field_offsets,
                                           at::IntArrayRef pooling, int64_t num_rows) {
-  const int64_t F = field_offsets.numel();
-  TORCH_CHECK_VALUE(grad_out.dim() == 2 && F > 0 && grad_out.size(1) % F == 0,
-                    "embedding_bags_concat_backward: grad_out must be [B, F*D], got ", grad_out.sizes());
+  const int64_t D = check_embedding_bags_backward(grad_out, field_offsets), F = field_offsets.numel();
   const c10::cuda::CUDAGuard guard(grad_out.device());
   const at::ScalarType ct = compute_type(grad_out.scalar_type());
   const Bags bags =
       bags_of("embedding_bags_concat_backward", values, bag_offsets, field_offsets, pooling, num_rows, ct);
-  const int64_t D = grad_out.size(1) / F;
   const at::Tensor per_bag = grad_out.reshape({bags.B, F, D}).transpose(0, 1).reshape({F * bags.B, D}).to(ct);
   at::Tensor acc = at::zeros({num_rows, D}, grad_out.options().dtype(ct));
   acc.index_add_(0, bags.rows, per_bag.index_select(0, bags.bag_of_value) * bags.scale.unsqueeze(1));

@@ -78,10 +78,7 @@ at::Tensor embedding_concat(const at::Tensor& indices, const at::Tensor& weight,
 
 at::Tensor embedding_concat_backward(const at::Tensor& grad_out, const at::Tensor& indices,
                                      const at::Tensor& field_offsets, int64_t num_rows) {
-  TORCH_CHECK_VALUE(indices.dim() == 2 && grad_out.dim() == 2 && grad_out.size(0) == indices.size(0) &&
-                        (indices.size(1) == 0 || grad_out.size(1) % indices.size(1) == 0),
-                    "embedding_concat_backward: grad_out must be [B, F*D] for indices ", indices.sizes(), ", got ",
-                    grad_out.sizes());
+  check_embedding_concat_backward(grad_out, indices);
   const c10::cuda::CUDAGuard guard(grad_out.device());
   const at::Tensor ids = indices.contiguous(), grad = grad_out.contiguous(), off = field_offsets.contiguous();
   const int64_t B = ids.size(0), F = ids.size(1), D = F ? grad.size(1) / F : 0;
