@@ -4,6 +4,11 @@
     pytest benchmarks --benchmark-only -k pim    # a subset
     pytest benchmarks --benchmark-disable        # run each case once (CI: keeps them from rotting)
 
+Measure one group per process (-k ...): a process that already ran other benchmarks holds far more
+Python objects, and garbage collection then slows the later cases. On a machine shared with other
+busy processes, export OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads can starve each other there
+(docs/performance.md).
+
 Providers: reference (pimm_fast.reference, eager autograd), compile (torch.compile of the reference),
 cpp, cuda, triton (the fused kernels; triton and cuda need a GPU).
 """
@@ -12,10 +17,6 @@ from pathlib import Path
 
 if not Path("/dev/nvidia0").exists():  # as in tests/conftest.py: Triton only runs interpreted here
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# OpenMP threads that spin between parallel regions starve the other thread on small shared VMs (steps
-# 10-20x slower for seconds at a time, seen on the 2-core development machines); every provider gets
-# the same setting. Must be set before torch loads libgomp. Override by exporting OMP_WAIT_POLICY.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
