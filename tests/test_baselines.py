@@ -76,6 +76,24 @@ def test_a_given_embedding_module_is_used(name):
     assert model(random_ids(4)).shape == (4, 2)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_every_model_trains_its_table_with_the_fused_embedding(name):
+    """Every model runs on the shared fused embedding: its backward updates the touched rows in place."""
+    embedding = pimm_fast.FusedEmbedding(FIELD_DIMS, 3, optimizer="rowwise_adagrad", lr=0.1)
+    model = make(name, embedding=embedding)
+    before = embedding.weight.detach().clone()
+    x = random_ids(16)
+    y = torch.zeros(16, 2)
+    y[:6, 0] = 1
+    y[:2, 1] = 1
+    model.loss(model(x, labels=y), y).backward()
+    assert embedding.weight.grad is None
+    touched = torch.zeros(embedding.weight.shape[0], dtype=torch.bool)
+    touched[(x + embedding.field_offsets).reshape(-1)] = True
+    changed = (embedding.weight.detach() != before).any(1)
+    assert changed[touched].any() and not changed[~touched].any()
+
+
 def test_top_level_exports_and_registry():
     for name in ("PIMM", "SharedBottom", "ESMM", "MMoE", "PLE", "AITM", "MNCM"):
         assert name in pimm_fast.__all__ and getattr(pimm_fast, name) is getattr(pimm_fast.models, name)
