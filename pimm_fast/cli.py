@@ -138,13 +138,18 @@ def build_model(args: argparse.Namespace, train):
     import pimm_fast
     from .models import build_model as by_name
 
+    field_dims = train.model_field_dims  # single-valued fields, then multi-valued ones (mean-pooled bags)
+    pooling = ["sum"] * len(train.field_dims) + ["mean"] * len(train.bag_names)
     kwargs = {"embed_dim": args.embed_dim, "backend": args.backend, "task_names": train.task_names}
     if args.tower_dims is not None:
         kwargs["tower_dims"] = args.tower_dims
     if args.embedding_optimizer != "dense":
         kwargs["embedding"] = pimm_fast.FusedEmbedding(
-            train.field_dims, args.embed_dim, optimizer=args.embedding_optimizer,
+            field_dims, args.embed_dim, optimizer=args.embedding_optimizer, pooling=pooling,
             lr=args.embedding_lr if args.embedding_lr is not None else args.lr, backend=args.backend)
+    elif train.bags:
+        kwargs["embedding"] = pimm_fast.FieldEmbedding(field_dims, args.embed_dim, backend=args.backend,
+                                                       pooling=pooling)
     name = args.model.strip().lower().replace("-", "_")
     if name == "pimm":
         kwargs["curriculum"] = pimm_fast.Curriculum(args.alpha, args.step, args.floor)
@@ -153,7 +158,7 @@ def build_model(args: argparse.Namespace, train):
     elif args.backbone is not None:
         raise SystemExit("pimm-fast: --backbone applies to --model pimm only")
     try:
-        return by_name(name, train.field_dims, num_tasks=train.num_tasks, **kwargs)
+        return by_name(name, field_dims, num_tasks=train.num_tasks, **kwargs)
     except ValueError as err:
         raise SystemExit(f"pimm-fast: {err}") from None
 
@@ -170,7 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(args, train).to(args.device)
     backend = pimm_fast.ops.resolve_backend(args.backend, args.device)
     print(f"{type(model).__name__} on {args.data}: {len(train):,} train / {len(test):,} test impressions, "
-          f"{len(train.field_dims)} fields, tasks {' -> '.join(train.task_names)}; "
+          f"{len(train.field_dims)} fields" + (f" + {len(train.bag_names)} multi-valued" if train.bags else "") +
+          f", tasks {' -> '.join(train.task_names)}; "
           f"backend {backend} on {args.device}, {torch.get_num_threads()} threads, "
           f"embedding optimizer {args.embedding_optimizer}", flush=True)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from pimm_fast.cli import main
 
 
@@ -56,3 +58,22 @@ def test_unknown_model_and_misplaced_backbone_exit_with_a_message():
         main(["train", "--model", "xgboost", "--samples", "2000", "--no-progress"])
     with pytest.raises(SystemExit, match="--backbone applies to --model pimm only"):
         main(["train", "--model", "aitm", "--backbone", "ple", "--samples", "2000", "--no-progress"])
+
+
+def test_multi_valued_fields_train_as_bags(tmp_path, capsys):
+    """Ali-CCP's 23-field variant: the 6 multi-valued fields reach the model as mean-pooled bags."""
+    from pimm_fast.data import load
+    from pimm_fast.data.aliccp import write_synthetic_raw
+    from pimm_fast.modules import JaggedIds
+    from pimm_fast.train.trainer import _batcher, model_input
+
+    write_synthetic_raw(tmp_path, "train", num_rows=3000, seed=1)
+    write_synthetic_raw(tmp_path, "test", num_rows=1000, seed=2)
+    splits = load(f"aliccp-raw:{tmp_path}?variant=full&cache=none", log=lambda _: None)
+    train = splits.train
+    x, y = model_input(next(iter(_batcher(train, 64, torch.device("cpu"), shuffle=False))), train)
+    assert isinstance(x, JaggedIds) and x.shape == (64, len(train.model_field_dims)) and y.shape[0] == 64
+    assert len(train.model_field_dims) == len(train.field_dims) + len(train.bag_names) == 23
+    assert main(["train", "--data", f"aliccp-raw:{tmp_path}", "--variant", "full", "--cache-dir", "none",
+                 "--epochs", "1", "--tower-dims", "16", "--embedding-optimizer", "adam", "--no-progress"]) == 0
+    assert "17 fields + 6 multi-valued" in capsys.readouterr().out

@@ -83,6 +83,11 @@ class CascadeData:
     def bag_names(self) -> tuple[str, ...]:
         return tuple(n for table in self.bags for n in table.names)
 
+    @property
+    def model_field_dims(self) -> tuple[int, ...]:
+        """The vocabulary sizes a model sees: the single-valued fields, then the multi-valued ones."""
+        return tuple(self.field_dims) + tuple(d for table in self.bags for d in table.dims)
+
     def subset(self, index: torch.Tensor | slice) -> "CascadeData":
         return replace(self, x=self.x[index], y=self.y[index],
                        probs=None if self.probs is None else self.probs[index],

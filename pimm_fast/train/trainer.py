@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import Batcher, CascadeData
+from ..modules import JaggedIds
 from ..metrics import auc
 
 
@@ -35,7 +36,17 @@ def _batcher(data: CascadeData, batch_size: int, device: torch.device, shuffle: 
     """Batches by slicing (one permutation per epoch when shuffled); page-locked copies to a CUDA device."""
     on_cuda = device.type == "cuda"
     return Batcher(data, batch_size, shuffle=shuffle, seed=seed, device=device if on_cuda else None,
-                   pin_memory=on_cuda and shuffle)
+                   pin_memory=on_cuda and shuffle, bags=bool(data.bags))
+
+
+def model_input(batch: tuple, data: CascadeData) -> tuple:
+    """(model input, labels) of a batch. With multi-valued fields the input is ``JaggedIds``: the
+    single-valued fields, then the bags, in the order of ``data.model_field_dims``."""
+    if not data.bags:
+        return batch
+    x, y, bags = batch
+    fields = [x[:, f] for f in range(x.shape[1])] + [bags[name] for name in data.bag_names]
+    return JaggedIds.from_fields(fields), y
 
 
 @torch.no_grad()
@@ -44,7 +55,8 @@ def predict(model: torch.nn.Module, data: CascadeData, batch_size: int = 16384) 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [model(x).float().cpu() for x, _ in _batcher(data, batch_size, device, shuffle=False)]
+    out = [model(model_input(batch, data)[0]).float().cpu()
+           for batch in _batcher(data, batch_size, device, shuffle=False)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, data.num_tasks)
 
@@ -88,7 +100,8 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
         batcher.set_epoch(epoch)  # the order of epoch e depends only on (config.seed, e)
         bar = tqdm(batcher, total=steps, disable=not config.progress,
                    desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=0.5)
-        for step, (x, y) in enumerate(bar):
+        for step, batch in enumerate(bar):
+            x, y = model_input(batch, train)
             if config.per_step_curriculum and hasattr(model, "set_epoch"):
                 model.set_epoch(epoch + step / steps)
             probs = model(x, labels=y)
@@ -98,8 +111,8 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
             optimizer.step()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, step {step}")
-            total += loss.item() * len(x)
-            seen += len(x)
+            total += loss.item() * len(y)
+            seen += len(y)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{total / seen:.4f}", p=f"{getattr(model, 'p', 0.0):.3f}")
         record = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": time.perf_counter() - start,
