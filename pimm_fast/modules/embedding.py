@@ -106,12 +106,8 @@ class _LookupWithUpdate(torch.autograd.Function):
         ctx.save_for_backward(ids, bag_offsets, field_offsets)
         ctx.weight, ctx.state, ctx.update, ctx.hparams, ctx.pooling = weight, state, update, hparams, pooling
         if bag_offsets is not None:
-            if backend == "reference":
-                return reference.embedding_bags_concat(ids, bag_offsets, weight, field_offsets, pooling)
-            return ops.op("embedding_bags_concat", backend)(ids, bag_offsets, weight, field_offsets, list(pooling))
-        if backend == "reference":
-            return reference.embedding_concat(ids, weight, field_offsets)
-        return ops.op("embedding_concat", backend)(ids, weight, field_offsets)
+            return ops.embedding_bags_concat(ids, bag_offsets, weight, field_offsets, pooling, backend=backend)
+        return ops.embedding_concat(ids, weight, field_offsets, backend=backend)
 
     @staticmethod
     def backward(ctx, grad_out):
