@@ -5,7 +5,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/repeat_interleave.h>
-#include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 
@@ -32,7 +31,7 @@ Bags bags_of(const char* op, const at::Tensor& values, const at::Tensor& bag_off
   const at::Tensor bag = at::arange(F * B, lengths.options()).repeat_interleave(lengths, std::nullopt, values.numel());
   const at::Tensor field = bag.div(std::max<int64_t>(B, 1), "floor");
   const std::vector<int64_t> host_sizes = field_sizes(field_offsets, num_rows);
-  const at::Tensor sizes = at::tensor(host_sizes, field_offsets.options().device(at::kCPU)).to(values.device());
+  const at::Tensor sizes = to_device(host_sizes, values.device());
   const at::Tensor ids = values.to(at::kLong);
   const at::Tensor bad = (ids < 0) | (ids >= sizes.index_select(0, field));
   if (bad.any().item<bool>()) {  // one sync: ids must raise, never read out of bounds
@@ -41,9 +40,8 @@ Bags bags_of(const char* op, const at::Tensor& values, const at::Tensor& bag_off
     TORCH_CHECK_INDEX(false, op, ": id ", ids[i].item<int64_t>(), " out of range for field ", f, " (size ",
                       host_sizes[f], ") in the bag of sample ", bag[i].item<int64_t>() % B);
   }
-  std::vector<int64_t> mean(pooling.begin(), pooling.end());
   const at::Tensor is_mean =
-      at::tensor(mean, field_offsets.options().device(at::kCPU)).to(values.device()).repeat_interleave(B) == 1;
+      to_device(std::vector<int64_t>(pooling.begin(), pooling.end()), values.device()).repeat_interleave(B) == 1;
   const at::Tensor per_bag =
       at::where(is_mean, 1.0 / lengths.clamp_min(1).to(ct), at::ones({1}, lengths.options().dtype(ct)));
   return {F, B, bag, ids + field_offsets.index_select(0, field), per_bag.index_select(0, bag)};

@@ -53,9 +53,7 @@ at::Tensor embedding_concat(const at::Tensor& indices, const at::Tensor& weight,
   const at::Tensor ids = indices.contiguous(), table = weight.contiguous(), off = field_offsets.contiguous();
   const int64_t B = ids.size(0), F = ids.size(1), D = table.size(1);
   const std::vector<int64_t> host_sizes = field_sizes(field_offsets, table.size(0));
-  at::Tensor sizes_cpu = at::empty({F}, off.options().device(at::kCPU));
-  std::copy(host_sizes.begin(), host_sizes.end(), sizes_cpu.data_ptr<int64_t>());
-  const at::Tensor sizes = sizes_cpu.to(off.device());
+  const at::Tensor sizes = to_device(host_sizes, off.device());
   at::Tensor out = at::empty({B, F * D}, table.options());
   at::Tensor bad = at::full({1}, static_cast<int64_t>(-1), off.options());  // all bits set = kNoError
   if (out.numel() == 0) return out;

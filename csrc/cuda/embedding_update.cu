@@ -30,16 +30,12 @@ at::Tensor rows_of_values(const char* op, const at::Tensor& values, const at::Te
   const int64_t F = field_offsets.numel();
   const std::vector<int64_t> vo = host_value_offsets(value_offsets, values.numel());
   const std::vector<int64_t> host_sizes = field_sizes(field_offsets, num_rows);
-  at::Tensor counts_cpu = at::empty({F}, field_offsets.options().device(at::kCPU));
-  at::Tensor sizes_cpu = at::empty({F}, field_offsets.options().device(at::kCPU));
-  for (int64_t f = 0; f < F; ++f) {
-    counts_cpu.data_ptr<int64_t>()[f] = vo[f + 1] - vo[f];
-    sizes_cpu.data_ptr<int64_t>()[f] = host_sizes[f];
-  }
-  const at::Tensor counts = counts_cpu.to(values.device());
+  std::vector<int64_t> host_counts(F);
+  for (int64_t f = 0; f < F; ++f) host_counts[f] = vo[f + 1] - vo[f];
+  const at::Tensor counts = to_device(host_counts, values.device());
   const at::Tensor field = at::arange(F, counts.options()).repeat_interleave(counts, std::nullopt, values.numel());
   const at::Tensor ids = values.to(at::kLong);
-  const at::Tensor bad = (ids < 0) | (ids >= sizes_cpu.to(values.device()).index_select(0, field));
+  const at::Tensor bad = (ids < 0) | (ids >= to_device(host_sizes, values.device()).index_select(0, field));
   if (bad.any().item<bool>()) {
     const int64_t i = bad.nonzero()[0][0].item<int64_t>();
     const int64_t f = field[i].item<int64_t>();
