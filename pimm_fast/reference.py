@@ -205,7 +205,8 @@ def dense_as_values(indices: torch.Tensor, grad_out: torch.Tensor | None = None)
     value_offsets = torch.arange(F_ + 1, device=indices.device) * B
     if grad_out is None:
         return values, value_offsets
-    return values, value_offsets, grad_out.reshape(B, F_, -1).transpose(0, 1).reshape(F_ * B, -1)
+    D = grad_out.shape[1] // max(F_, 1)  # explicit: a -1 cannot be inferred from 0 elements (B = 0)
+    return values, value_offsets, grad_out.reshape(B, F_, D).transpose(0, 1).reshape(F_ * B, D)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,8 +383,8 @@ def pim_attention_backward(grad_u: torch.Tensor, v: torch.Tensor, h_prev: torch.
 # ----------------------------------------------------------------------------------------------
 # labels
 # ----------------------------------------------------------------------------------------------
-def validate_labels(labels: torch.Tensor, num_tasks: int) -> torch.Tensor:
-    """Check [B, T] cascade labels (0/1, y_t <= y_{t-1}) and return them as float32."""
+def validate_labels(labels: torch.Tensor, num_tasks: int, cascade: bool = True) -> torch.Tensor:
+    """Check [B, T] labels (0/1; with ``cascade`` also y_t <= y_{t-1}) and return them as float32."""
     _checks.check_labels_meta(labels, num_tasks)
-    _checks.check_labels_values(labels)
+    _checks.check_labels_values(labels, cascade)
     return labels.to(torch.float32)

@@ -62,8 +62,14 @@ def test_baselines_validate_but_do_not_use_labels(name):
     assert torch.equal(model(x), model(x, labels=y))
     broken = y.clone()
     broken[0] = torch.tensor([0.0, 1.0, 0.0])
-    with pytest.raises(ValueError, match="break the cascade at row 0"):
-        model(x, labels=broken)
+    if model.requires_cascade:
+        with pytest.raises(ValueError, match="break the cascade at row 0"):
+            model(x, labels=broken)
+    else:  # Shared-Bottom, MMoE, PLE: independent per-task losses train on labels that break the cascade
+        assert torch.equal(model(x, labels=broken), model(x))
+        broken[1, 0] = 0.5
+        with pytest.raises(ValueError, match="labels must be 0 or 1"):
+            model(x, labels=broken)
     with pytest.raises(ValueError, match=r"labels must be \[B, T\] with T = 3"):
         model(x, labels=y[:, :2])
 

@@ -19,13 +19,15 @@ class TransferTowerModel(TowerModel):
     def __init__(self, field_dims: Sequence[int], num_tasks: int, embed_dim: int, tower_dims: Sequence[int],
                  dropout: float, batch_norm: bool, share_attention: bool, calibrator_weight: float, backend: str,
                  task_names: Optional[Sequence[str]], embedding: Optional[nn.Module],
-                 bottom: Callable[[int], nn.Module]):
+                 bottom: Callable[[int], nn.Module], num_dense: int = 0,
+                 dense_names: Optional[Sequence[str]] = None):
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, calibrator_weight,
-                         backend, task_names, embedding, bottom)
+                         backend, task_names, embedding, bottom, num_dense, dense_names)
         self.transfer = CascadeTransfer(num_tasks, self.tower_dim, share_attention, dropout)
 
-    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid(self.head_logits(self.transfer(self.tower_outputs(x))))
+    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor],
+                 dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return torch.sigmoid(self.head_logits(self.transfer(self.tower_outputs(x, dense))))
 
 
 class AITM(TransferTowerModel):
@@ -35,11 +37,14 @@ class AITM(TransferTowerModel):
     ``calibrator_weight`` (0.6) * batch mean of sum_t relu(yhat_t - yhat_{t-1}).
     """
 
+    requires_cascade = True  # the calibrator pushes yhat_t <= yhat_{t-1}: it assumes the cascade
+
     def __init__(self, field_dims: Sequence[int], num_tasks: int = 2, embed_dim: int = 5,
                  tower_dims: Sequence[int] = (128, 64, 32), dropout: float = 0.0, batch_norm: bool = False,
                  share_attention: bool = True, calibrator_weight: float = AITM_CALIBRATOR_WEIGHT,
                  backend: str = "auto", task_names: Optional[Sequence[str]] = None,
-                 embedding: Optional[nn.Module] = None):
+                 embedding: Optional[nn.Module] = None, num_dense: int = 0,
+                 dense_names: Optional[Sequence[str]] = None):
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, share_attention,
                          calibrator_weight, backend, task_names, embedding,
-                         bottom_factory(num_tasks, dropout, batch_norm, "towers"))
+                         bottom_factory(num_tasks, dropout, batch_norm, "towers"), num_dense, dense_names)

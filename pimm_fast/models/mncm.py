@@ -47,18 +47,21 @@ class MNCM(TransferTowerModel):
     AITM links its towers. Like AITM: no stop-gradient, label-constraint calibrator weight 0.6.
     """
 
+    requires_cascade = True  # AITM's transfer and calibrator assume the cascade
+
     def __init__(self, field_dims: Sequence[int], num_tasks: int = 2, embed_dim: int = 5,
                  num_shared_experts: int = DEFAULT_NUM_SHARED_EXPERTS,
                  num_specific_experts: int = DEFAULT_NUM_SPECIFIC_EXPERTS,
                  expert_dims: Sequence[int] = DEFAULT_EXPERT_DIMS, tower_dims: Sequence[int] = EXPERT_TOWER_DIMS,
                  dropout: float = 0.0, batch_norm: bool = False, share_attention: bool = True,
                  calibrator_weight: float = AITM_CALIBRATOR_WEIGHT, backend: str = "auto",
-                 task_names: Optional[Sequence[str]] = None, embedding: Optional[nn.Module] = None):
+                 task_names: Optional[Sequence[str]] = None, embedding: Optional[nn.Module] = None,
+                 num_dense: int = 0, dense_names: Optional[Sequence[str]] = None):
         bottom = partial(MNCMBottom, num_tasks=num_tasks, num_shared_experts=num_shared_experts,
                          num_specific_experts=num_specific_experts, expert_dims=expert_dims,
                          share_attention=share_attention, dropout=dropout, batch_norm=batch_norm)
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, share_attention,
-                         calibrator_weight, backend, task_names, embedding, bottom)
+                         calibrator_weight, backend, task_names, embedding, bottom, num_dense, dense_names)
 
     @property
     def titm(self) -> CascadeTransfer:

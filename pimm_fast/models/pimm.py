@@ -35,12 +35,13 @@ class PIMM(TowerModel):
                  task_names: Optional[Sequence[str]] = None, embedding: Optional[nn.Module] = None,
                  backbone: str = "towers", num_experts: Optional[int] = None,
                  expert_dims: Optional[Sequence[int]] = None, num_shared_experts: Optional[int] = None,
-                 num_specific_experts: Optional[int] = None, num_levels: Optional[int] = None):
+                 num_specific_experts: Optional[int] = None, num_levels: Optional[int] = None,
+                 num_dense: int = 0, dense_names: Optional[Sequence[str]] = None):
         bottom = bottom_factory(num_tasks, dropout, batch_norm, backbone, num_experts=num_experts,
                                 expert_dims=expert_dims, num_shared_experts=num_shared_experts,
                                 num_specific_experts=num_specific_experts, num_levels=num_levels)
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, calibrator_weight,
-                         backend, task_names, embedding, bottom)
+                         backend, task_names, embedding, bottom, num_dense, dense_names)
         self.backbone = backbone
         self.curriculum = curriculum if curriculum is not None else Curriculum.aliccp()
         d = self.tower_dim
@@ -64,12 +65,15 @@ class PIMM(TowerModel):
     def p(self) -> float:
         return float(self.sampling_p)
 
-    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    requires_cascade = True  # PIM feeds y_{t-1}: a label that breaks the cascade would teach the wrong prior
+
+    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor],
+                 dense: Optional[torch.Tensor] = None) -> torch.Tensor:
         sample = labels is not None and self.training
         seeds = torch.randint(0, SEED_HIGH, (self.num_tasks - 1,), device=x.device) if sample else None
         probs: list[torch.Tensor] = []
         h_prev = None
-        for t, v in enumerate(self.tower_outputs(x)):
+        for t, v in enumerate(self.tower_outputs(x, dense)):
             if t == 0:
                 u = v
             else:

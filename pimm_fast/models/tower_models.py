@@ -28,10 +28,11 @@ class TowerModel(CascadeModel):
     def __init__(self, field_dims: Sequence[int], num_tasks: int, embed_dim: int, tower_dims: Sequence[int],
                  dropout: float, batch_norm: bool, calibrator_weight: float, backend: str,
                  task_names: Optional[Sequence[str]], embedding: Optional[nn.Module],
-                 bottom: Callable[[int], nn.Module]):
-        super().__init__(num_tasks, task_names, calibrator_weight)
+                 bottom: Callable[[int], nn.Module], num_dense: int = 0,
+                 dense_names: Optional[Sequence[str]] = None):
+        super().__init__(num_tasks, task_names, calibrator_weight, num_dense, dense_names)
         self.embedding = make_embedding(field_dims, embed_dim, backend, embedding)
-        self.bottom = bottom(self.embedding.output_dim)
+        self.bottom = bottom(self.embedding.output_dim + (self.dense_input.out_dim if self.dense_input else 0))
         self.towers = nn.ModuleList(MLP(self.bottom.out_dim, tower_dims, dropout=dropout, batch_norm=batch_norm)
                                     for _ in range(num_tasks))
         self.heads = nn.ModuleList(nn.Linear(self.tower_dim, 1) for _ in range(num_tasks))
@@ -40,16 +41,22 @@ class TowerModel(CascadeModel):
     def tower_dim(self) -> int:
         return self.towers[0].out_dim
 
-    def tower_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """v_t [B, d] of every task."""
-        return [tower(v) for tower, v in zip(self.towers, self.bottom(self.embedding(x)))]
+    def bottom_input(self, x: torch.Tensor, dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The embeddings [B, F * D], followed by the standardised dense block [B, 2K] when there is one."""
+        e = self.embedding(x)
+        return e if dense is None else torch.cat([e, dense.to(e.dtype)], dim=1)
+
+    def tower_outputs(self, x: torch.Tensor, dense: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+        """v_t [B, d] of every task (``dense``: the output of ``dense_features``, when the model has any)."""
+        return [tower(v) for tower, v in zip(self.towers, self.bottom(self.bottom_input(x, dense)))]
 
     def head_logits(self, representations: Sequence[torch.Tensor]) -> torch.Tensor:
         """[B, T] logits of the heads over one [B, d] representation per task."""
         return torch.cat([head(z) for head, z in zip(self.heads, representations)], dim=1)
 
-    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        return torch.sigmoid(self.head_logits(self.tower_outputs(x)))
+    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor],
+                 dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return torch.sigmoid(self.head_logits(self.tower_outputs(x, dense)))
 
 
 def bottom_factory(num_tasks: int, dropout: float, batch_norm: bool, backbone: str,
@@ -61,12 +68,16 @@ def bottom_factory(num_tasks: int, dropout: float, batch_norm: bool, backbone: s
 class SharedBottom(TowerModel):
     """The paper's Shared-Bottom: the embedding is shared, each task has its own tower and head."""
 
+    requires_cascade = False  # independent per-task BCE: labels that break the cascade can train it
+
     def __init__(self, field_dims: Sequence[int], num_tasks: int = 2, embed_dim: int = 5,
                  tower_dims: Sequence[int] = (128, 64, 32), dropout: float = 0.0, batch_norm: bool = False,
                  calibrator_weight: float = 0.0, backend: str = "auto", task_names: Optional[Sequence[str]] = None,
-                 embedding: Optional[nn.Module] = None):
+                 embedding: Optional[nn.Module] = None, num_dense: int = 0,
+                 dense_names: Optional[Sequence[str]] = None):
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, calibrator_weight,
-                         backend, task_names, embedding, bottom_factory(num_tasks, dropout, batch_norm, "towers"))
+                         backend, task_names, embedding, bottom_factory(num_tasks, dropout, batch_norm, "towers"),
+                         num_dense, dense_names)
 
 
 class ESMM(TowerModel):
@@ -78,37 +89,45 @@ class ESMM(TowerModel):
     def __init__(self, field_dims: Sequence[int], num_tasks: int = 2, embed_dim: int = 5,
                  tower_dims: Sequence[int] = (128, 64, 32), dropout: float = 0.0, batch_norm: bool = False,
                  calibrator_weight: float = 0.0, backend: str = "auto", task_names: Optional[Sequence[str]] = None,
-                 embedding: Optional[nn.Module] = None):
+                 embedding: Optional[nn.Module] = None, num_dense: int = 0,
+                 dense_names: Optional[Sequence[str]] = None):
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, calibrator_weight,
-                         backend, task_names, embedding, bottom_factory(num_tasks, dropout, batch_norm, "towers"))
+                         backend, task_names, embedding, bottom_factory(num_tasks, dropout, batch_norm, "towers"),
+                         num_dense, dense_names)
 
-    def conditional_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """q [B, T]: q_0 = P(y_0 | x), q_t = P(y_t | y_{t-1} = 1, x)."""
-        return torch.sigmoid(self.head_logits(self.tower_outputs(x)))
+    def conditional_probs(self, x: torch.Tensor, dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """q [B, T]: q_0 = P(y_0 | x), q_t = P(y_t | y_{t-1} = 1, x) (``dense``: raw dense features)."""
+        return torch.sigmoid(self.head_logits(self.tower_outputs(x, self.dense_features(dense, x))))
 
-    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, labels: Optional[torch.Tensor],
+                 dense: Optional[torch.Tensor] = None) -> torch.Tensor:
         # the product in log space: a long funnel of small q_t neither underflows nor loses gradient
-        return torch.exp(torch.cumsum(F.logsigmoid(self.head_logits(self.tower_outputs(x))), dim=1))
+        return torch.exp(torch.cumsum(F.logsigmoid(self.head_logits(self.tower_outputs(x, dense))), dim=1))
 
 
 class MMoE(TowerModel):
     """MMoE (Ma et al., KDD 2018): ``num_experts`` shared experts, one softmax gate per task, a tower per
     task on its gated mixture. The PIMM paper uses 4 experts on Ali-CCP and 6 on its industrial data."""
 
+    requires_cascade = False
+
     def __init__(self, field_dims: Sequence[int], num_tasks: int = 2, embed_dim: int = 5,
                  num_experts: int = DEFAULT_NUM_EXPERTS, expert_dims: Sequence[int] = DEFAULT_EXPERT_DIMS,
                  tower_dims: Sequence[int] = EXPERT_TOWER_DIMS, dropout: float = 0.0, batch_norm: bool = False,
                  calibrator_weight: float = 0.0, backend: str = "auto", task_names: Optional[Sequence[str]] = None,
-                 embedding: Optional[nn.Module] = None):
+                 embedding: Optional[nn.Module] = None, num_dense: int = 0,
+                 dense_names: Optional[Sequence[str]] = None):
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, calibrator_weight,
                          backend, task_names, embedding,
                          bottom_factory(num_tasks, dropout, batch_norm, "mmoe", num_experts=num_experts,
-                                       expert_dims=expert_dims))
+                                       expert_dims=expert_dims), num_dense, dense_names)
 
 
 class PLE(TowerModel):
     """PLE (Tang et al., RecSys 2020): ``num_levels`` CGC levels of ``num_shared_experts`` shared and
     ``num_specific_experts`` experts per task (the PIMM paper: 2 + 2), a tower per task on top."""
+
+    requires_cascade = False
 
     def __init__(self, field_dims: Sequence[int], num_tasks: int = 2, embed_dim: int = 5,
                  num_shared_experts: int = DEFAULT_NUM_SHARED_EXPERTS,
@@ -116,9 +135,10 @@ class PLE(TowerModel):
                  expert_dims: Sequence[int] = DEFAULT_EXPERT_DIMS, tower_dims: Sequence[int] = EXPERT_TOWER_DIMS,
                  dropout: float = 0.0, batch_norm: bool = False, calibrator_weight: float = 0.0,
                  backend: str = "auto", task_names: Optional[Sequence[str]] = None,
-                 embedding: Optional[nn.Module] = None):
+                 embedding: Optional[nn.Module] = None, num_dense: int = 0,
+                 dense_names: Optional[Sequence[str]] = None):
         super().__init__(field_dims, num_tasks, embed_dim, tower_dims, dropout, batch_norm, calibrator_weight,
                          backend, task_names, embedding,
                          bottom_factory(num_tasks, dropout, batch_norm, "ple", num_shared_experts=num_shared_experts,
                                        num_specific_experts=num_specific_experts, num_levels=num_levels,
-                                       expert_dims=expert_dims))
+                                       expert_dims=expert_dims), num_dense, dense_names)

@@ -112,6 +112,8 @@ class _LookupWithUpdate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         ids, bag_offsets, field_offsets = ctx.saved_tensors
+        if grad_out.shape[0] == 0 or ids.numel() == 0:  # an empty batch touches no row: nothing to update
+            return (None,) * (8 + len(ctx.state))
         if bag_offsets is None:
             values, value_offsets, grad_values = reference.dense_as_values(ids, grad_out)
         else:

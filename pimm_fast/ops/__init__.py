@@ -66,9 +66,10 @@ def pim_attention(v: torch.Tensor, h_prev: torch.Tensor, label_prev: Optional[to
     return op("pim_attention", chosen)(*args, b_q, b_k, b_v)
 
 
-def validate_labels(labels: torch.Tensor, num_tasks: int) -> torch.Tensor:
-    """Check cascade labels [B, T] (0/1, y_t = 1 implies y_{t-1} = 1) and return them as float32.
+def validate_labels(labels: torch.Tensor, num_tasks: int, cascade: bool = True) -> torch.Tensor:
+    """Check cascade labels [B, T] (0/1, and with ``cascade`` y_t = 1 implies y_{t-1} = 1) and return them
+    as float32. ``cascade=False`` (models that do not assume a cascade) skips the funnel check.
 
     An op, so that the data-dependent checks run (with their detailed messages) under torch.compile.
     """
-    return torch.ops.pimm_fast.validate_labels(labels, num_tasks)
+    return torch.ops.pimm_fast.validate_labels(labels, num_tasks, cascade)

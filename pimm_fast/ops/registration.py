@@ -159,12 +159,12 @@ for _backend in KERNEL_BACKENDS:
 # plain ops: one eager implementation for every device
 # ----------------------------------------------------------------------------------------------
 @torch.library.impl(qualname("validate_labels"), "CompositeExplicitAutograd", lib=lib)
-def _validate_labels(labels, num_tasks):
-    out = reference.validate_labels(labels, num_tasks)
+def _validate_labels(labels, num_tasks, cascade=True):
+    out = reference.validate_labels(labels, num_tasks, cascade)
     return out.clone() if out is labels else out  # an op's output may not alias its input
 
 
 @torch.library.register_fake(qualname("validate_labels"), lib=lib)
-def _fake_validate_labels(labels, num_tasks):
+def _fake_validate_labels(labels, num_tasks, cascade=True):
     _checks.check_labels_meta(labels, num_tasks)
     return labels.new_empty(labels.shape, dtype=torch.float32)

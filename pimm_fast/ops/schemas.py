@@ -54,7 +54,7 @@ FUSED_OPS = {
 
 # Ops with a single implementation for every device (plain PyTorch run eagerly behind the op).
 PLAIN_OPS = {
-    "validate_labels": "(Tensor labels, int num_tasks) -> Tensor",
+    "validate_labels": "(Tensor labels, int num_tasks, bool cascade=True) -> Tensor",
 }
 
 lib = torch.library.Library(NAMESPACE, "DEF")
