@@ -26,11 +26,13 @@ class ChunkError(Exception):
         self.message = message
 
 
-def iter_chunks(path: Path, chunk_bytes: int = 64 << 20, hasher=None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_chunks(path: Path, chunk_bytes: int = 64 << 20, hasher=None,
+                max_line_bytes: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (byte offset in the file, uint8 array of whole lines ending in b'\\n').
 
-    The last line gets a newline if the file lacks one. Memory: about two chunks at a time. ``hasher`` (a
-    hashlib object) is fed every byte of the file as read.
+    The last line gets a newline if the file lacks one. Memory: about two chunks at a time, plus one line
+    when a line is longer than a chunk; a line longer than ``max_line_bytes`` is a DataFormatError.
+    ``hasher`` (a hashlib object) is fed every byte of the file as read.
     """
     if chunk_bytes < 1:
         raise ValueError("chunk_bytes must be >= 1")
@@ -48,6 +50,9 @@ def iter_chunks(path: Path, chunk_bytes: int = 64 << 20, hasher=None) -> Iterato
             data = carry + block if carry else block
             cut = data.rfind(b"\n")
             if cut < 0:  # a line longer than the chunk: keep reading
+                if max_line_bytes is not None and len(data) > max_line_bytes:
+                    raise DataFormatError(f"{path}, line {locate(path, offset)}: a line longer than "
+                                          f"{max_line_bytes:,} bytes (the limit for this file's columns)")
                 carry = data
                 continue
             whole = data[:cut + 1]

@@ -21,7 +21,9 @@ from .core import CascadeData
 
 
 class Batcher:
-    """Iterate ``(x, y)`` batches (``(x, y, bags)`` with ``bags=True``) of ``data`` in a new order per epoch.
+    """Iterate ``(x, y)`` batches (``(x, y, bags)`` with ``bags=True``) of ``data`` in a new order per epoch;
+    with ``dense`` (default: when the data has dense features) the batch's dense rows come last:
+    ``(x, y, dense)`` or ``(x, y, bags, dense)``.
 
     The order of epoch e depends only on (seed, e): ``set_epoch(e)`` picks it (as DistributedSampler does);
     otherwise each new iteration takes the next epoch.
@@ -29,7 +31,8 @@ class Batcher:
 
     def __init__(self, data: CascadeData, batch_size: int, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, device: Optional[torch.device | str] = None, pin_memory: bool = False,
-                 shard: Optional[tuple[int, int]] = None, bags: bool = False, resident: bool = False):
+                 shard: Optional[tuple[int, int]] = None, bags: bool = False, resident: bool = False,
+                 dense: Optional[bool] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if shard is not None:
@@ -38,6 +41,9 @@ class Batcher:
                 raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
         if bags and not data.bags:
             raise ValueError("bags=True, but the data has no multi-valued fields")
+        if dense and data.dense is None:
+            raise ValueError("dense=True, but the data has no dense features")
+        self.dense = data.dense is not None if dense is None else bool(dense)
         self.data = data
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -54,7 +60,10 @@ class Batcher:
         x, y = data.x, data.y
         if self.resident:
             x, y = x.to(self.device), y.to(self.device)
-        self._x, self._y = x, y
+        d = data.dense if self.dense else None
+        if d is not None and self.resident:
+            d = d.to(self.device)
+        self._x, self._y, self._d = x, y, d
         self._epoch = 0
 
     # ------------------------------------------------------------------------------------------------------
@@ -116,11 +125,23 @@ class Batcher:
                 else:
                     xb = torch.index_select(x_all, 0, idx)
                     yb = torch.index_select(y_all, 0, idx)
+            db = None
+            if self._d is not None:
+                if idx is None:
+                    db = self._d[start:end]
+                elif self.pin_memory:
+                    db = torch.empty((end - start, self._d.shape[1]), dtype=self._d.dtype, pin_memory=True)
+                    torch.index_select(self._d, 0, idx, out=db)
+                else:
+                    db = torch.index_select(self._d, 0, idx)
             if move:
                 xb = xb.to(device, non_blocking=self.pin_memory)
                 yb = yb.to(device, non_blocking=self.pin_memory)
+                if db is not None:
+                    db = db.to(device, non_blocking=self.pin_memory)
+            tail = () if db is None else (db,)
             if not self.bags:
-                yield xb, yb
+                yield (xb, yb) + tail
                 continue
             rows = torch.arange(start, end) if idx is None else idx.cpu()
             bags = {}
@@ -129,4 +150,4 @@ class Batcher:
                     if device is not None and device.type != "cpu":
                         ids, offsets = ids.to(device), offsets.to(device)
                     bags[name] = (ids, offsets)
-            yield xb, yb, bags
+            yield (xb, yb, bags) + tail

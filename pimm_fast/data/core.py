@@ -52,7 +52,9 @@ class BagTable:
 @dataclass
 class CascadeData:
     """ids x [N, F] (int32, or int64), labels y [N, T] float32 obeying the cascade unless kept on purpose,
-    true marginals probs [N, T] where known (synthetic data), optional multi-valued fields in ``bags``."""
+    true marginals probs [N, T] where known (synthetic data), optional multi-valued fields in ``bags``,
+    optional numerical features ``dense`` [N, K] float32 (raw values, NaN = missing) named ``dense_names``.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -61,6 +63,8 @@ class CascadeData:
     probs: Optional[torch.Tensor] = None
     meta: dict = field(default_factory=dict)
     bags: tuple[BagTable, ...] = ()
+    dense: Optional[torch.Tensor] = None
+    dense_names: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.x.dim() != 2 or self.y.dim() != 2 or self.x.shape[0] != self.y.shape[0]:
@@ -71,6 +75,17 @@ class CascadeData:
             raise ValueError(f"y has {self.y.shape[1]} tasks but task_names names {len(self.task_names)}")
         if self.x.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"x must hold int32 or int64 ids, got {self.x.dtype}")
+        self.dense_names = tuple(str(n) for n in self.dense_names)
+        if self.dense is not None:
+            if self.dense.dim() != 2 or self.dense.shape[0] != self.x.shape[0]:
+                raise ValueError(f"dense must be [N, K] with N = {self.x.shape[0]}, got {tuple(self.dense.shape)}")
+            if self.dense.dtype != torch.float32:
+                raise TypeError(f"dense must hold float32 values (NaN = missing), got {self.dense.dtype}")
+            if len(self.dense_names) != self.dense.shape[1]:
+                raise ValueError(f"dense has {self.dense.shape[1]} columns but dense_names names "
+                                 f"{len(self.dense_names)}")
+        elif self.dense_names:
+            raise ValueError("dense_names given without dense values")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -78,6 +93,11 @@ class CascadeData:
     @property
     def num_tasks(self) -> int:
         return self.y.shape[1]
+
+    @property
+    def num_dense(self) -> int:
+        """Number of numerical (dense) features: the models' ``num_dense``."""
+        return 0 if self.dense is None else self.dense.shape[1]
 
     @property
     def bag_names(self) -> tuple[str, ...]:
@@ -91,7 +111,8 @@ class CascadeData:
     def subset(self, index: torch.Tensor | slice) -> "CascadeData":
         return replace(self, x=self.x[index], y=self.y[index],
                        probs=None if self.probs is None else self.probs[index],
-                       bags=tuple(table.subset(index) for table in self.bags))
+                       bags=tuple(table.subset(index) for table in self.bags),
+                       dense=None if self.dense is None else self.dense[index])
 
     def oracle_auc(self) -> list[float]:
         """AUC of ranking by the true marginal P(y_t = 1 | x), per task (nan without ground truth)."""
@@ -125,4 +146,28 @@ class Splits:
             parts.append(f"valid {len(self.valid):,}")
         parts.append(f"test {len(self.test):,}")
         return (f"{', '.join(parts)} rows; {len(self.field_dims)} fields; tasks {' -> '.join(self.task_names)}"
-                + (f"; bags {', '.join(self.train.bag_names)}" if self.train.bags else ""))
+                + (f"; bags {', '.join(self.train.bag_names)}" if self.train.bags else "")
+                + (f"; {self.train.num_dense} dense" if self.train.num_dense else ""))
+
+    @property
+    def report(self) -> dict:
+        """What loading did to rows: {"dropped": {split: {reason: rows}}, "altered": {...}, "warnings": [...]}."""
+        return {"dropped": self.stats.get("dropped", {}), "altered": self.stats.get("altered", {}),
+                "warnings": list(self.stats.get("warnings", []))}
+
+    def report_lines(self) -> list[str]:
+        """The drop report as lines for a run summary (every dropped or altered row, by reason and split)."""
+        return format_report(self.report)
+
+
+def format_report(report: dict) -> list[str]:
+    lines = []
+    for what in ("dropped", "altered"):
+        for split, reasons in report.get(what, {}).items():
+            for reason, count in reasons.items():
+                if count:
+                    lines.append(f"{what} {count:,} {split} row(s): {reason}")
+    if not lines:
+        lines.append("no row dropped or altered")
+    lines.extend(f"warning: {w}" for w in report.get("warnings", []))
+    return lines

@@ -7,8 +7,9 @@
     csv:PATH                a CSV or Parquet file (split by seed) or a directory of train/valid/test files
 
 Options go after ``?`` as ``key=value`` pairs joined by ``&`` (``synthetic:aliccp?scale=0.1&samples=1000000``,
-``csv:data.parquet?labels=click,buy&features=user,item``) or as keyword arguments of :func:`load`; the same
-option given both ways must agree. File sources are preprocessed once into an atomic cache (see
+``csv:data.parquet?labels=click,buy&features=user,item&dense=price,age``) or as keyword arguments of
+:func:`load`; the same option given twice (in the spec, or in the spec and as an argument) must agree.
+``features`` and ``dense`` take comma lists and shell-style globs (``features=cat_*&dense=num_*``). File sources are preprocessed once into an atomic cache (see
 :mod:`.cache`); ``cache_dir=None`` turns that off.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from . import aliccp, cache, tables
+from ._bytes import DataFormatError
 from .core import BagTable, CascadeData, Splits
 from .synthetic import PRESETS, generate, preset_config, train_test_split
 
@@ -49,7 +51,7 @@ def _names(text) -> list[str]:
 
 _TYPES: dict[str, Callable[[Any], Any]] = {
     "samples": int, "seed": int, "scale": float, "valid_fraction": float, "test_fraction": float,
-    "min_count": int, "variant": str, "policy": str, "labels": _names, "features": _names, "extra": str,
+    "min_count": int, "variant": str, "policy": str, "labels": _names, "features": _names, "dense": _names, "extra": str,
     "encode": _bool, "dims": str, "header": str, "threads": int, "task_names": _names, "cache": str,
 }
 _ALLOWED = {
@@ -57,9 +59,41 @@ _ALLOWED = {
     "aliccp-raw": {"variant", "min_count", "policy", "valid_fraction", "seed", "threads", "cache"},
     "aitm-csv": {"policy", "valid_fraction", "seed", "dims", "cache"},
     "rechub-csv": {"policy", "cache"},
-    "csv": {"labels", "features", "extra", "encode", "min_count", "policy", "valid_fraction", "test_fraction",
-            "seed", "header", "task_names", "cache"},
+    "csv": {"labels", "features", "dense", "extra", "encode", "min_count", "policy", "valid_fraction",
+            "test_fraction", "seed", "header", "task_names", "cache"},
 }
+
+
+def accepts(kind: str, option: str) -> bool:
+    """Whether the source kind takes ``option`` (e.g. rechub-csv has fixed splits: no seed)."""
+    return option in _ALLOWED[kind]
+
+
+def check_options(opts: dict, spec: str) -> None:
+    """Value checks that need no data: fractions, counts, the cascade policy, encode and header choices."""
+    vf, tf = opts.get("valid_fraction"), opts.get("test_fraction")
+    if vf is not None and not 0 <= vf < 1:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {vf} (data spec {spec!r})")
+    if tf is not None and not 0 < tf < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {tf} (data spec {spec!r}): a run needs test rows")
+    if vf is not None and tf is not None and vf + tf >= 1:
+        raise ValueError(f"valid_fraction {vf} + test_fraction {tf} leave no training rows (data spec {spec!r})")
+    for key, low in (("samples", 1), ("min_count", 1), ("threads", 1)):
+        if key in opts and opts[key] < low:
+            raise ValueError(f"{key} must be >= {low}, got {opts[key]} (data spec {spec!r})")
+    if "scale" in opts and not opts["scale"] > 0:
+        raise ValueError(f"scale must be > 0, got {opts['scale']} (data spec {spec!r})")
+    if "policy" in opts:
+        from .cascade import check_policy
+        check_policy(opts["policy"])
+    for key, choices in (("header", ("auto", "yes", "no")), ("extra", ("ignore", "error")),
+                         ("variant", ("aitm", "full")), ("dims", ("aitm", "data"))):
+        if key in opts and opts[key] not in choices:
+            raise ValueError(f"{key} must be {' or '.join(map(repr, choices))}, got {opts[key]!r} "
+                             f"(data spec {spec!r})")
+    for key in ("labels", "features", "dense"):
+        if key in opts and not opts[key]:
+            raise ValueError(f"{key}= names no column (data spec {spec!r})")
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:
@@ -81,9 +115,13 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
             if key not in _TYPES:
                 raise ValueError(f"unknown option {key!r} in data spec {spec!r}; known: {sorted(_ALLOWED[kind])}")
             try:
-                options[key] = _TYPES[key](value)
+                value = _TYPES[key](value)
             except ValueError as err:
                 raise ValueError(f"bad value for {key!r} in data spec {spec!r}: {err}") from None
+            if key in options and options[key] != value:  # e.g. ?labels= in the spec and --labels disagree
+                raise ValueError(f"option {key!r} is given twice with different values in data spec {spec!r}: "
+                                 f"{options[key]!r} and {value!r}")
+            options[key] = value
     if kind == "synthetic":
         arg = arg or "demo"
         if arg not in PRESETS:
@@ -105,7 +143,27 @@ def _merge(kind: str, spec: str, from_spec: dict, given: dict) -> dict:
     unknown = set(out) - _ALLOWED[kind]
     if unknown:
         raise ValueError(f"option(s) {sorted(unknown)} do not apply to {kind}; it takes {sorted(_ALLOWED[kind])}")
+    check_options(out, spec)
     return out
+
+
+def _report(stats: dict, splits: dict) -> None:
+    """Fill stats['dropped'] / ['altered'] for loaders that count per file (the table loader counts per split)."""
+    if "dropped" in stats:
+        return
+    from .tables import CASCADE_DROP
+    dropped = {}
+    for name in ("train", "valid", "test"):
+        fstats = stats.get(f"{name}_file")
+        if fstats is None:
+            continue
+        # a train file that also feeds the validation split drops before the validation draw
+        key = "train+valid" if name == "train" and splits.get("valid") is not None and "valid_file" not in stats \
+            else name
+        dropped[key] = {CASCADE_DROP: int(fstats.get("cascade_dropped", 0))}
+    stats["dropped"] = dropped
+    stats.setdefault("altered", {})
+    stats.setdefault("warnings", [])
 
 
 def _to_splits(arrays: dict, info: dict, meta: dict) -> Splits:
@@ -125,15 +183,24 @@ def _to_splits(arrays: dict, info: dict, meta: dict) -> Splits:
                            for f in group["fields"])
             bags.append(BagTable(names=tuple(group["fields"]), dims=tuple(group["dims"]), offsets=offsets,
                                  values=values, index=torch.from_numpy(np.asarray(arrays[f"{split}.bag.{group['name']}"]))))
+        dense = arrays.get(f"{split}.dense")
         out[split] = CascadeData(x=torch.from_numpy(np.asarray(arrays[f"{split}.x"])),
                                  y=torch.from_numpy(np.asarray(arrays[f"{split}.y"])),
                                  field_dims=field_dims, task_names=task_names,
                                  meta=dict(meta, split=split, field_names=list(info["field_names"])),
-                                 bags=tuple(bags))
+                                 bags=tuple(bags),
+                                 dense=None if dense is None else torch.from_numpy(np.asarray(dense)),
+                                 dense_names=tuple(info.get("dense_names", ())) if dense is not None else ())
     if out["test"] is None:
         raise ValueError("the source produced no test split")
+    for split in ("train", "test"):
+        if out[split] is None or len(out[split]) == 0:
+            raise DataFormatError(f"the {split} split of {meta.get('spec')} is empty: nothing to "
+                                  f"{'train on' if split == 'train' else 'evaluate'}")
+    stats = info.get("stats", {})
+    _report(stats, out)
     return Splits(train=out["train"], valid=out["valid"], test=out["test"], field_dims=field_dims,
-                  task_names=task_names, stats=info.get("stats", {}))
+                  task_names=task_names, stats=stats)
 
 
 def _sha256_files(paths) -> str:
@@ -153,9 +220,7 @@ def _load_synthetic(preset: str, opts: dict, spec: str) -> Splits:
     seed = opts.get("seed", 0)
     valid_fraction = opts.get("valid_fraction", 0.1)
     test_fraction = opts.get("test_fraction", 0.2)
-    if not 0 <= valid_fraction < 1 or not 0 < test_fraction < 1 or valid_fraction + test_fraction >= 1:
-        raise ValueError(f"valid_fraction {valid_fraction} and test_fraction {test_fraction} must leave training "
-                         f"rows (0 <= valid, 0 < test, valid + test < 1)")
+    check_options({"valid_fraction": valid_fraction, "test_fraction": test_fraction}, spec)
     config = preset_config(preset, opts.get("scale"))
     data = generate(samples, config, seed)
     data.meta["field_names"] = [f"f{i}" for i in range(len(config.field_dims))]
@@ -165,7 +230,8 @@ def _load_synthetic(preset: str, opts: dict, spec: str) -> Splits:
         train, valid = train_test_split(train, valid_fraction / (1 - test_fraction), seed + 1)
     stats = {"source": spec, "samples": samples, "seed": seed, "train_rows": len(train),
              "valid_rows": 0 if valid is None else len(valid), "test_rows": len(test),
-             "rates": data.rates(), "oracle_auc": data.oracle_auc(), "cascade_dropped": 0}
+             "rates": data.rates(), "oracle_auc": data.oracle_auc(), "cascade_dropped": 0,
+             "dropped": {}, "altered": {}, "warnings": []}  # generated rows obey the cascade: none dropped
     return Splits(train=train, valid=valid, test=test, field_dims=tuple(config.field_dims),
                   task_names=tuple(config.task_names), stats=stats)
 
@@ -191,7 +257,7 @@ def _sources(kind: str, arg: str, opts: dict) -> list[Path]:
 def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: Optional[int] = None,
          policy: Optional[str] = None, valid_fraction: Optional[float] = None, test_fraction: Optional[float] = None,
          scale: Optional[float] = None, min_count: Optional[int] = None, variant: Optional[str] = None,
-         labels=None, features=None, extra: Optional[str] = None, encode: Optional[bool] = None,
+         labels=None, features=None, dense=None, extra: Optional[str] = None, encode: Optional[bool] = None,
          dims: Optional[str] = None, header: Optional[str] = None, task_names=None, threads: Optional[int] = None,
          cache_dir: Optional[str | Path] = "auto", mmap: bool = True, log: Optional[Callable[[str], None]] = None
          ) -> Splits:
@@ -200,13 +266,14 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
     Common options: ``seed`` (splits; default 0), ``policy`` ('drop' | 'error' | 'keep' rows that break the
     cascade; default 'drop'), ``valid_fraction`` (of train, by seed; 0.1). Raw Ali-CCP: ``variant`` ('aitm':
     18 single-valued fields, or 'full': 17 + 6 multi-valued bags), ``min_count`` (12). CSV: ``labels`` (funnel
-    order), ``features``, ``extra``, ``encode``, ``test_fraction``. ``cache_dir``: 'auto' ($PIMM_FAST_CACHE_DIR
+    order), ``features`` (categorical) and ``dense`` (numerical) columns (comma lists or globs), ``extra``,
+    ``encode``, ``test_fraction``. ``cache_dir``: 'auto' ($PIMM_FAST_CACHE_DIR
     or ~/.cache/pimm_fast), a directory, or None (no cache). ``mmap``: map a cache instead of reading it.
     """
     kind, arg, from_spec = parse_spec(spec)
     given = {"samples": samples, "seed": seed, "policy": policy, "valid_fraction": valid_fraction,
              "test_fraction": test_fraction, "scale": scale, "min_count": min_count, "variant": variant,
-             "labels": labels, "features": features, "extra": extra, "encode": encode, "dims": dims,
+             "labels": labels, "features": features, "dense": dense, "extra": extra, "encode": encode, "dims": dims,
              "header": header, "task_names": task_names, "threads": threads}
     opts = _merge(kind, spec, from_spec, given)
     say = log or (lambda msg: None)
@@ -254,7 +321,8 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
                                              min_count=opts.get("min_count", 1), policy=opts.get("policy", "drop"),
                                              valid_fraction=opts.get("valid_fraction", 0.1),
                                              test_fraction=opts.get("test_fraction", 0.2), seed=opts.get("seed", 0),
-                                             header=opts.get("header", "auto"), task_names=opts.get("task_names"))
+                                             header=opts.get("header", "auto"), task_names=opts.get("task_names"),
+                                             dense=opts.get("dense"))
         source_hash = _sha256_files(paths)
     info.update(key=key, kind=kind, spec=spec, options=cache_options, sources=cache.fingerprint(paths),
                 source_sha256=source_hash, created=time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -11,7 +11,9 @@ float32), after the label checks and the cascade policy of :mod:`.cascade`.
 from __future__ import annotations
 
 import csv as _csv
-from dataclasses import dataclass
+import fnmatch
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -39,9 +41,23 @@ class Table:
     ignored: list  # names (or indices) of the columns that were read past
     label_names: Optional[list] = None  # label columns as the file names them (for messages)
     feature_names: Optional[list] = None  # feature columns as the file names them (indices without a header)
+    dense_tokens: list = field(default_factory=list)  # one array per dense column (bytes tokens or floats)
+    dense_names: list = field(default_factory=list)
 
     def where(self, row: int) -> str:
         return f"line {self.first_line + row}"
+
+
+MAX_CELL_BYTES = 1 << 20  # a cell above 1 MiB is an error (documented in docs/data.md)
+MAX_TOKEN_WIDTH = 64  # id tokens longer than this are kept as a 128-bit digest: memory stays rows x 64 bytes
+MAX_RAW_VOCAB = 1 << 26  # encode=False: a field whose max id + 1 exceeds this is rejected (use encode=True)
+_MISSING = {b"", b"na", b"nan", b"null", b"none", b"?", b"-", b"n/a", b"#n/a"}
+_BOM = b"\xef\xbb\xbf"
+
+
+def _digest(token: bytes) -> bytes:
+    """A long token's stand-in: 0xff (never in UTF-8 text) + 32 hex digits of its BLAKE2b-128."""
+    return b"\xff" + hashlib.blake2b(token, digest_size=16).hexdigest().encode()
 
 
 def _is_number(token: str) -> bool:
@@ -52,30 +68,78 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _resolve(columns: Sequence, header: Optional[list], ncols: int, path: Path, role: str) -> list[int]:
+def _match(patterns: Sequence, header: Optional[list], ncols: int, path: Path, role: str) -> list[int]:
+    """Column indices of ``patterns``: names, shell-style globs (``categorical_*``) or 0-based indices."""
     out = []
-    for c in columns:
+    for c in patterns:
         if isinstance(c, int) or (isinstance(c, str) and c.isdigit() and (header is None or c not in header)):
             i = int(c)
             if not 0 <= i < ncols:
                 raise DataFormatError(f"{path}: {role} column index {i} is out of range (the file has {ncols})")
-            out.append(i)
+            found = [i]
         elif header is None:
             raise DataFormatError(f"{path}: {role} column {c!r} is named, but the file has no header line "
                                   f"(name columns by index instead)")
+        elif any(ch in c for ch in "*?["):
+            found = [i for i, name in enumerate(header) if fnmatch.fnmatchcase(name, c)]
+            if not found:
+                raise DataFormatError(f"{path}: the {role} pattern {c!r} matches no column of {header}")
         elif c not in header:
             raise DataFormatError(f"{path}: {role} column {c!r} is not in the header {header}")
         else:
-            out.append(header.index(c))
+            found = [i for i, name in enumerate(header) if name == c]
+            if len(found) > 1:
+                raise DataFormatError(f"{path}: the header names {c!r} {len(found)} times (columns "
+                                      f"{[i + 1 for i in found]}); rename the duplicates")
+        out.extend(i for i in found if i not in out)
     return out
 
 
-def _first_line(path: Path) -> bytes:
+def select_columns(header: Optional[list], ncols: int, path: Path, labels: Sequence,
+                   features: Optional[Sequence], dense: Optional[Sequence], extra: str):
+    """(label, feature, dense, ignored) column indices. ``features=None``: every column that is neither a
+    label nor dense. Globs expand in file order; overlaps between the roles and used duplicates are errors."""
+    if extra not in ("ignore", "error"):
+        raise ValueError(f"extra must be 'ignore' or 'error', got {extra!r}")
+    label_idx = _match(labels, header, ncols, path, "label")
+    if len(label_idx) != len(labels):
+        raise DataFormatError(f"{path}: label columns must name one column each, got {list(labels)}")
+    dense_idx = _match(dense or (), header, ncols, path, "dense")
+    if features is None:
+        feature_idx = [i for i in range(ncols) if i not in label_idx and i not in dense_idx]
+    else:
+        feature_idx = _match(features, header, ncols, path, "feature")
+    for a, b, ia, ib in (("label", "feature", label_idx, feature_idx), ("label", "dense", label_idx, dense_idx),
+                         ("feature", "dense", feature_idx, dense_idx)):
+        overlap = sorted(set(ia) & set(ib))
+        if overlap:
+            shown = [header[i] if header else i for i in overlap]
+            raise DataFormatError(f"{path}: column(s) {shown} named both as {a} and as {b}")
+    if header is not None:
+        used = label_idx + feature_idx + dense_idx
+        names = [header[i] for i in used]
+        dups = sorted({n for n in names if header.count(n) > 1})
+        if dups:
+            raise DataFormatError(f"{path}: the header names {dups} more than once; rename the duplicates "
+                                  f"(a duplicate name is ambiguous)")
+    rest = [i for i in range(ncols) if i not in label_idx and i not in feature_idx and i not in dense_idx]
+    ignored = [header[i] if header else i for i in rest]
+    if rest and extra == "error":
+        raise DataFormatError(f"{path}: column(s) {ignored} are neither labels nor features "
+                              f"(pass extra='ignore' to skip them)")
+    return label_idx, feature_idx, dense_idx, ignored
+
+
+def _first_line(path: Path) -> tuple[bytes, int]:
+    """(first line without a UTF-8 BOM, length of the BOM); bounded by the cell-size limit."""
     with open(path, "rb") as f:
-        line = f.readline(1 << 20)
+        line = f.readline(64 * MAX_CELL_BYTES + 1)
     if not line:
         raise DataFormatError(f"{path}: the file is empty")
-    return line
+    if len(line) > 64 * MAX_CELL_BYTES:
+        raise DataFormatError(f"{path}, line 1: longer than {64 * MAX_CELL_BYTES >> 20} MiB")
+    bom = len(_BOM) if line.startswith(_BOM) else 0
+    return line[bom:], bom
 
 
 def _split_line(line: bytes) -> list[str]:
@@ -93,23 +157,77 @@ def _parse_labels(tokens: np.ndarray, path: Path, first_line: int, name: str) ->
             values[i] = float(text)
         except ValueError:
             row = int(np.flatnonzero(inverse == i)[0])
-            raise DataFormatError(f"{path}, line {first_line + row}: label {name!r} = {text!r} is not a number"
-                                  ) from None
+            what = "is empty (a missing label)" if not text else "is not a number"
+            raise DataFormatError(f"{path}, line {first_line + row}: label {name!r} = {text!r} {what}") from None
     return values[inverse.reshape(-1)]
 
 
-def _tokens_as_bytes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def parse_floats(tokens: np.ndarray, where, source: str, name: str) -> tuple[np.ndarray, int]:
+    """Numerical tokens (bytes) -> (float32 values with NaN for missing, count of missing cells).
+
+    Missing: an empty cell, NA, NaN, null, None, ?, -, N/A (any case) and +-inf. Anything else that is
+    not a number is an error naming the row."""
+    try:
+        values = tokens.astype(np.float64)
+    except ValueError:
+        uniq, inverse = np.unique(tokens, return_inverse=True)
+        table = np.empty(len(uniq))
+        for i, tok in enumerate(uniq):
+            t = bytes(tok).strip()
+            if t.lower() in _MISSING:
+                table[i] = np.nan
+                continue
+            try:
+                table[i] = float(t)
+            except ValueError:
+                row = int(np.flatnonzero(inverse == i)[0])
+                raise DataFormatError(f"{source}, {where(row)}: dense column {name!r} = "
+                                      f"{t[:40].decode('utf-8', 'replace')!r} is not a number") from None
+        values = table[inverse.reshape(-1)]
+    values[~np.isfinite(values)] = np.nan
+    return values.astype(np.float32), int(np.isnan(values).sum())
+
+
+def looks_numerical(column: np.ndarray, sample: int = 20000) -> bool:
+    """Whether the tokens of a column (bytes) are numbers with a fraction or exponent (not ids)."""
+    if column.dtype.kind != "S" or not len(column):
+        return column.dtype.kind == "f"
+    uniq = np.unique(column[:sample])
+    uniq = uniq[uniq != b""]
+    if not len(uniq) or not any((b"." in u) or (b"e" in u.lower()) for u in uniq[:1000]):
+        return False
+    try:
+        uniq[:1000].astype(np.float64)
+    except ValueError:
+        return False
+    return True
+
+
+def _tokens_as_bytes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, long: str = "digest") -> np.ndarray:
+    """Tokens as a fixed-width ``S`` array of at most MAX_TOKEN_WIDTH bytes: memory is rows x 64 bytes
+    whatever the longest cell. Longer tokens: ``long='digest'`` keeps a digest (ids stay distinct),
+    ``'error'`` raises."""
     lens = ends - starts
-    width = max(1, int(lens.max(initial=1)))
+    over = np.flatnonzero(lens > MAX_TOKEN_WIDTH)
+    if len(over) and long == "error":
+        i = int(over[0])
+        raise ChunkError(starts[i], f"a cell of {int(lens[i]):,} bytes is not a number")
+    width = max(1, min(int(lens.max(initial=1)), MAX_TOKEN_WIDTH))
     out = np.zeros((len(starts), width), dtype=np.uint8)
     for k in range(width):
         inside = lens > k
         out[:, k] = np.where(inside, buf[np.minimum(starts + k, len(buf) - 1)], 0)
-    return out.view(f"S{width}").reshape(-1)
+    out = out.view(f"S{width}").reshape(-1)
+    if len(over):
+        out = out.astype(f"S{max(width, 33)}")
+        for i in over:
+            out[i] = _digest(bytes(buf[starts[i]:ends[i]]))
+    return out
 
 
 def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: Sequence[str]):
-    """Tokens of the ``wanted`` columns of a chunk of whole lines: kinds 'int' (int64) or 'bytes' (S)."""
+    """Tokens of the ``wanted`` columns of a chunk of whole lines: kinds 'int' (int64), 'bytes' (S, long
+    cells digested), 'label' / 'float' (S, long cells an error)."""
     cand = np.flatnonzero((buf == 44) | (buf == 10))
     s = buf[cand]
     nl_idx = np.flatnonzero(s == 10)
@@ -128,23 +246,54 @@ def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: S
         hi = ends[:, col]
         if col == ncols - 1:
             hi = hi - (buf[np.maximum(hi - 1, 0)] == 13)
+        too_long = np.flatnonzero(hi - lo > MAX_CELL_BYTES)
+        if len(too_long):
+            i = int(too_long[0])
+            raise ChunkError(lo[i], f"a cell of {int(hi[i] - lo[i]):,} bytes is above the limit of "
+                                    f"{MAX_CELL_BYTES:,} bytes")
         if kind == "int":
             out.append(parse_uint(buf, lo, hi, "id"))
         else:
-            out.append(_tokens_as_bytes(buf, lo, hi))
+            out.append(_tokens_as_bytes(buf, lo, hi, "digest" if kind == "bytes" else "error"))
     return rows, out
 
 
+def _as_fixed(tokens: list[str], long: str, path: Path, first_line: int) -> np.ndarray:
+    if not tokens:
+        return np.zeros(0, "S1")
+    raw = [t.encode() for t in tokens]
+    out = []
+    for i, b in enumerate(raw):
+        if len(b) > MAX_TOKEN_WIDTH:
+            if long == "error":
+                raise DataFormatError(f"{path}, line {first_line + i}: a cell of {len(b):,} bytes is not a number")
+            b = _digest(b)
+        out.append(b)
+    return np.array(out, dtype=bytes)
+
+
 def _read_with_csv_module(path: Path, skip: int, ncols: int, wanted, kinds):
+    """Quoted CSV through Python's csv module (cells up to MAX_CELL_BYTES; long id cells digested)."""
     cols = [[] for _ in wanted]
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        for lineno, row in enumerate(_csv.reader(f), start=1):
-            if lineno <= skip:
-                continue
-            if len(row) != ncols:
-                raise DataFormatError(f"{path}, line {lineno}: expected {ncols} columns, found {len(row)}")
-            for j, c in enumerate(wanted):
-                cols[j].append(row[c])
+    old_limit = _csv.field_size_limit()
+    _csv.field_size_limit(MAX_CELL_BYTES)
+    lineno = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            reader = _csv.reader(f)
+            for row in reader:
+                lineno = reader.line_num
+                if lineno <= skip:
+                    continue
+                if len(row) != ncols:
+                    raise DataFormatError(f"{path}, line {lineno}: expected {ncols} columns, found {len(row)}")
+                for j, c in enumerate(wanted):
+                    cols[j].append(row[c])
+    except _csv.Error as err:
+        raise DataFormatError(f"{path}, line {lineno + 1}: {err} (cells are limited to {MAX_CELL_BYTES:,} bytes)"
+                              ) from None
+    finally:
+        _csv.field_size_limit(old_limit)
     out = []
     for j, kind in enumerate(kinds):
         if kind == "int":
@@ -155,37 +304,43 @@ def _read_with_csv_module(path: Path, skip: int, ncols: int, wanted, kinds):
                 arr[i] = int(tok)
             out.append(arr)
         else:
-            out.append(np.array([t.encode() for t in cols[j]], dtype=bytes) if cols[j] else np.zeros(0, "S1"))
+            out.append(_as_fixed(cols[j], "digest" if kind == "bytes" else "error", path, skip + 1))
+        cols[j] = None
     return out
 
 
-def read_csv(path: Path, labels: Sequence, features: Sequence = (), feature_kind: str = "int",
+def read_csv(path: Path, labels: Sequence, features: Optional[Sequence] = (), feature_kind: str = "int",
              extra: str = "ignore", header: str = "auto", expected_header: Optional[Sequence[str]] = None,
-             chunk_bytes: int = 4 << 20) -> Table:
-    """Read label and feature columns of a CSV file.
+             chunk_bytes: int = 4 << 20, dense: Optional[Sequence] = None) -> Table:
+    """Read label, feature and dense columns of a CSV file.
 
-    ``labels``/``features``: column names (header needed) or 0-based indices; ``features=None`` takes every
-    other column. ``extra``: 'ignore' the remaining columns or raise ('error'). ``header``: 'auto' (by content),
-    'yes' or 'no'. ``expected_header``: the exact names a header line must have (when there is one).
+    ``labels``/``features``/``dense``: column names or shell-style globs (header needed) or 0-based indices;
+    ``features=None`` takes every other column. ``extra``: 'ignore' the remaining columns or raise ('error').
+    ``header``: 'auto' (by content), 'yes' or 'no'. ``expected_header``: the exact names a header line must
+    have (when there is one). A UTF-8 byte-order mark is skipped. Memory is bounded whatever the line
+    length: cells above MAX_CELL_BYTES are an error, id cells above MAX_TOKEN_WIDTH bytes are kept as digests.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
-    first = _split_line(_first_line(path))
+    line, bom = _first_line(path)
+    first = _split_line(line)
     ncols = len(first)
     if header == "auto":
+        stripped = [t.strip() for t in first]
         if expected_header is not None:
-            has_header = [t.strip() for t in first] == list(expected_header)
+            has_header = stripped == list(expected_header)
             if not has_header and not all(_is_number(t) for t in first):
                 raise DataFormatError(f"{path}, line 1: neither the expected header {list(expected_header)} nor "
                                       f"numeric data: {first[:6]}...")
         else:  # by the label columns: named labels appear in a header; label cells of data rows are numbers
             named = [c for c in labels if not (isinstance(c, int) or str(c).isdigit())]
-            if named:
-                stripped = [t.strip() for t in first]
-                has_header = all(str(c) in stripped for c in named) or not all(_is_number(t) for t in stripped)
+            if named:  # an empty cell is no evidence either way (a data row may miss a value)
+                has_header = (all(str(c) in stripped for c in named)
+                              or any(t and not _is_number(t) for t in stripped))
             else:
-                has_header = not all(_is_number(first[int(c)]) for c in labels if int(c) < ncols)
+                has_header = any(stripped[int(c)] and not _is_number(stripped[int(c)])
+                                 for c in labels if int(c) < ncols)
     elif header in ("yes", "no"):
         has_header = header == "yes"
     else:
@@ -194,115 +349,119 @@ def read_csv(path: Path, labels: Sequence, features: Sequence = (), feature_kind
     if expected_header is not None and ncols != len(expected_header):
         raise DataFormatError(f"{path}, line 1: expected {len(expected_header)} columns "
                               f"({','.join(expected_header)}), found {ncols}")
-    label_idx = _resolve(labels, names if names is not None else
-                         (list(expected_header) if expected_header else None), ncols, path, "label")
-    if features is None:
-        feature_idx = [i for i in range(ncols) if i not in label_idx]
-    else:
-        feature_idx = _resolve(features, names if names is not None else
-                               (list(expected_header) if expected_header else None), ncols, path, "feature")
-    overlap = set(label_idx) & set(feature_idx)
-    if overlap:
-        raise DataFormatError(f"{path}: column(s) {sorted(overlap)} named both as label and as feature")
-    rest = [i for i in range(ncols) if i not in label_idx and i not in feature_idx]
     display = names or (list(expected_header) if expected_header else None)
-    ignored = [display[i] if display else i for i in rest]
-    if rest and extra == "error":
-        raise DataFormatError(f"{path}: column(s) {ignored} are neither labels nor features "
-                              f"(pass extra='ignore' to skip them)")
-    if extra not in ("ignore", "error"):
-        raise ValueError(f"extra must be 'ignore' or 'error', got {extra!r}")
-    wanted = label_idx + feature_idx
-    kinds = ["bytes"] * len(label_idx) + [feature_kind] * len(feature_idx)
+    label_idx, feature_idx, dense_idx, ignored = select_columns(display, ncols, path, labels, features, dense, extra)
+    wanted = label_idx + feature_idx + dense_idx
+    kinds = ["label"] * len(label_idx) + [feature_kind] * len(feature_idx) + ["float"] * len(dense_idx)
     skip = 1 if has_header else 0
-    with open(path, "rb") as f:
-        quoted = b'"' in f.read(1 << 20)
     columns: list[list] = [[] for _ in wanted]
-    if quoted:
-        for j, arr in enumerate(_read_with_csv_module(path, skip, ncols, wanted, kinds)):
+    quoted = False
+    max_line = ncols * (MAX_CELL_BYTES + 1) + 2
+    for base, buf in iter_chunks(path, chunk_bytes, max_line_bytes=max_line):
+        if base == 0:
+            cut = int(np.flatnonzero(buf == 10)[0]) + 1 if skip else bom
+            base, buf = cut, buf[cut:]
+            if len(buf) == 0:
+                continue
+        if (buf == 34).any():  # a quote anywhere: the csv module reads the whole file (quotes are legal)
+            quoted = True
+            break
+        try:
+            _, parts = _tokenize_chunk(buf, ncols, wanted, kinds)
+        except ChunkError as err:
+            raise line_of(path, base, err) from None
+        for j, arr in enumerate(parts):
             columns[j].append(arr)
-    else:
-        for base, buf in iter_chunks(path, chunk_bytes):
-            if skip and base == 0:
-                cut = int(np.flatnonzero(buf == 10)[0]) + 1
-                base, buf = cut, buf[cut:]
-                if len(buf) == 0:
-                    continue
-            if (buf == 34).any():
-                raise DataFormatError(f"{path}: a quote character appears after the first MiB; "
-                                      f"quoted CSV must show a quote early (or use Parquet)")
-            try:
-                _, parts = _tokenize_chunk(buf, ncols, wanted, kinds)
-            except ChunkError as err:
-                raise line_of(path, base, err) from None
-            for j, arr in enumerate(parts):
-                columns[j].append(arr)
+    if quoted:
+        columns = [[arr] for arr in _read_with_csv_module(path, skip, ncols, wanted, kinds)]
     merged = []
     for j, kind in enumerate(kinds):
         parts = columns[j]
         if not parts:
             merged.append(np.zeros(0, np.int64 if kind == "int" else "S1"))
-        elif kind == "bytes":
+        elif kind != "int":
             width = max(p.dtype.itemsize for p in parts)
             merged.append(np.concatenate([p.astype(f"S{width}") for p in parts]))
         else:
             merged.append(np.concatenate(parts))
+        columns[j] = None
     first_line = 1 + skip
     label_names = [display[i] if display else str(i) for i in label_idx]
-    y = (np.stack([_parse_labels(merged[j], path, first_line, label_names[j]) for j in range(len(label_idx))], 1)
-         if len(merged[0]) else np.zeros((0, len(label_idx))))
-    return Table(path=path, labels=y, features=merged[len(label_idx):], first_line=first_line,
+    nl = len(label_idx)
+    nf = len(feature_idx)
+    y = (np.stack([_parse_labels(merged[j], path, first_line, label_names[j]) for j in range(nl)], 1)
+         if len(merged[0]) else np.zeros((0, nl)))
+    dense_names = [display[i] if display else str(i) for i in dense_idx]
+    return Table(path=path, labels=y, features=merged[nl:nl + nf], first_line=first_line,
                  header=names, ignored=ignored, label_names=label_names,
-                 feature_names=[display[i] if display else str(i) for i in feature_idx])
+                 feature_names=[display[i] if display else str(i) for i in feature_idx],
+                 dense_tokens=merged[nl + nf:], dense_names=dense_names)
 
 
-def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[str]], extra: str = "ignore"
-                 ) -> Table:
-    """Label and feature columns of a Parquet file (needs pyarrow: ``pip install pyarrow``)."""
+def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[str]], extra: str = "ignore",
+                 dense: Optional[Sequence[str]] = None, feature_kind: str = "bytes") -> Table:
+    """Label, feature and dense columns of a Parquet file (needs pyarrow: ``pip install pyarrow``).
+
+    ``feature_kind='int'`` (encode=False): feature columns must hold non-null integers."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError("reading Parquet needs pyarrow, which is not installed: pip install pyarrow") from None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Parquet file not found: {path}")
-    schema_names = list(pq.read_schema(path).names)
-    for role, cols in (("label", labels), ("feature", features or ())):
-        for c in cols:
-            if c not in schema_names:
-                raise DataFormatError(f"{path}: {role} column {c!r} is not in the file's columns {schema_names}")
-    if features is None:
-        features = [c for c in schema_names if c not in labels]
-    rest = [c for c in schema_names if c not in labels and c not in features]
-    if rest and extra == "error":
-        raise DataFormatError(f"{path}: column(s) {rest} are neither labels nor features "
-                              f"(pass extra='ignore' to skip them)")
-    table = pq.read_table(path, columns=list(labels) + list(features))
+    try:
+        schema_names = list(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as err:
+        raise DataFormatError(f"{path}: not a readable Parquet file ({err})") from None
+    label_idx, feature_idx, dense_idx, rest = select_columns(schema_names, len(schema_names), path, labels,
+                                                             features, dense, extra)
+    labels = [schema_names[i] for i in label_idx]
+    features = [schema_names[i] for i in feature_idx]
+    dense = [schema_names[i] for i in dense_idx]
+    try:
+        table = pq.read_table(path, columns=labels + features + dense)
+    except (pa.ArrowException, OSError) as err:
+        raise DataFormatError(f"{path}: cannot read the Parquet data ({err})") from None
     y = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in labels], 1) \
         if table.num_rows else np.zeros((0, len(labels)))
     feats = []
     for c in features:
-        col = table.column(c).to_numpy(zero_copy_only=False)
+        column = table.column(c)
+        col = column.to_numpy(zero_copy_only=False)
+        if feature_kind == "int":
+            if column.null_count or not pa.types.is_integer(column.type):
+                what = f"{column.null_count} null(s)" if column.null_count else f"{column.type} values"
+                raise DataFormatError(f"{path}: feature column {c!r} holds {what}; encode=false needs non-null "
+                                      f"integer ids (use encode=true, or name a numerical column with dense=)")
         if col.dtype.kind in "iu":
             if col.size and col.min() < 0:
                 r = int(np.flatnonzero(col < 0)[0])
                 raise DataFormatError(f"{path}, row {r + 1}: id {c!r} = {col[r]} is negative")
             feats.append(col.astype(np.int64))
         else:
-            feats.append(np.array([b"" if v is None else str(v).encode() for v in col], dtype=bytes)
-                         if col.size else np.zeros(0, "S1"))
+            feats.append(_as_fixed(["" if v is None else str(v) for v in col], "digest", path, 1))
+    dense_tokens = []
+    for c in dense:
+        column = table.column(c)
+        if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+            dense_tokens.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
+        else:
+            dense_tokens.append(_as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "error", path, 1))
     return Table(path=path, labels=y, features=feats, first_line=1, header=schema_names, ignored=rest,
-                 label_names=list(labels), feature_names=list(features))
+                 label_names=list(labels), feature_names=list(features), dense_tokens=dense_tokens,
+                 dense_names=dense)
 
 
 def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", header="auto",
-             expected_header=None) -> Table:
+             expected_header=None, dense=None) -> Table:
     path = Path(path)
     if path.suffix.lower() in (".parquet", ".pq"):
-        table = read_parquet(path, labels, features, extra)
+        table = read_parquet(path, labels, features, extra, dense, feature_kind)
         table.where = lambda row: f"row {row + 1}"  # type: ignore[method-assign]
         return table
-    return read_csv(path, labels, features, feature_kind, extra, header, expected_header)
+    return read_csv(path, labels, features, feature_kind, extra, header, expected_header, dense=dense)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -511,17 +670,38 @@ def _table_files(path: Path) -> dict:
     return files
 
 
+CASCADE_DROP = "labels break the cascade (cascade policy 'drop')"
+OOV_IDS = "a categorical value outside the training vocabulary (unseen, rare or empty) became id 0"
+DENSE_MISSING = "a missing numerical value (imputed with the training mean, flagged)"
+
+
+def _check_numerical_columns(table: Table) -> None:
+    """Without an explicit feature list, a column of decimal numbers would become ids: say so and ask."""
+    numeric = [str(n) for n, col in zip(table.feature_names, table.features) if looks_numerical(col)]
+    if numeric:
+        shown = ", ".join(numeric[:6]) + (f", ... ({len(numeric)} in all)" if len(numeric) > 6 else "")
+        raise DataFormatError(
+            f"{table.path}: column(s) {shown} hold decimal numbers, which would become categorical ids; name "
+            f"the categorical columns with features= (--features) and the numerical ones with dense= (--dense); "
+            f"comma lists and globs work, e.g. --features 'cat_*' --dense 'num_*'")
+
+
 def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[str]] = None, extra: str = "ignore",
                encode: bool = True, min_count: int = 1, policy: str = "drop", valid_fraction: float = 0.1,
                test_fraction: float = 0.2, seed: int = 0, header: str = "auto",
-               task_names: Optional[Sequence[str]] = None) -> tuple[dict, dict]:
+               task_names: Optional[Sequence[str]] = None, dense: Optional[Sequence[str]] = None
+               ) -> tuple[dict, dict]:
     """A generic CSV / Parquet table (one file split by ``seed``, or a directory of train/valid/test files).
 
     ``labels``: the label columns in funnel order (names, or indices for a header-less CSV); ``features``: the
-    categorical columns (default: all others); ``extra``: 'ignore' or 'error' for columns named by neither.
+    categorical columns (default: all others but the dense ones; then a column of decimal numbers is an
+    error that asks for ``features``/``dense``); ``dense``: numerical columns (raw float32, NaN = missing);
+    names may be shell-style globs. ``extra``: 'ignore' or 'error' for columns named by none.
     ``encode=True``: any token is an id, the vocabulary comes from train (count >= ``min_count`` -> 1..n,
     others, unseen and empty -> 0). ``encode=False``: columns already hold non-negative integer ids
-    (sizes = max id + 1).
+    (sizes = max id + 1, at most MAX_RAW_VOCAB). A single file is split first (seeded), then each split
+    applies the cascade policy; every dropped or altered row is counted by reason and split in
+    ``stats['dropped']`` / ``stats['altered']``.
     """
     check_policy(policy)
     if not labels or len(labels) < 2:
@@ -532,46 +712,117 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
     names = list(task_names) if task_names else [str(c) for c in labels]
     if len(names) != len(labels):
         raise ValueError(f"{len(names)} task names for {len(labels)} label columns")
-    stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}, "encode": encode}
-    loaded = {}
-    feature_names = None
+    stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}, "encode": encode,
+                   "dropped": {}, "altered": {}, "warnings": []}
+    raw = {}
+    feature_names = dense_names = None
     for split, p in files.items():
-        table = read_any(p, labels, features, "bytes" if encode else "int", extra, header)
+        table = read_any(p, labels, features, "bytes" if encode else "int", extra, header, dense=dense)
         if feature_names is None:
             feature_names = [str(c) for c in table.feature_names]
-        elif [str(c) for c in table.feature_names] != feature_names:
-            raise DataFormatError(f"{p}: feature columns {table.feature_names} differ from the other files' "
-                                  f"{feature_names}")
-        if len(table.features) != len(feature_names):
-            raise DataFormatError(f"{p}: {len(table.features)} feature columns, the other files have "
-                                  f"{len(feature_names)}")
+            dense_names = [str(c) for c in table.dense_names]
+            if features is None and encode:
+                _check_numerical_columns(table)
+        elif [str(c) for c in table.feature_names] != feature_names or \
+                [str(c) for c in table.dense_names] != dense_names:
+            raise DataFormatError(f"{p}: feature columns {table.feature_names} and dense columns "
+                                  f"{table.dense_names} differ from the other files' {feature_names} and "
+                                  f"{dense_names}")
+        if not feature_names:
+            raise DataFormatError(f"{p}: no categorical feature column (every model embeds at least one)")
+        if len(table.labels) == 0:
+            raise DataFormatError(f"{p}: no data rows" + (" (only a header line)" if table.header else ""))
         stats["ignored_columns"] = [str(c) for c in table.ignored]
-        loaded[split] = finish_table(table, names, policy, stats, split + "_file")
-    if "all" in loaded:
-        feats, y = loaded.pop("all")
+        check_labels(table.labels, table.label_names or names, str(p), where=table.where)
+        values = []
+        for name, tokens in zip(table.dense_names, table.dense_tokens):
+            values.append(parse_floats(tokens, table.where, str(p), str(name))[0])
+        d = (np.stack(values, 1) if values else None)
+        raw[split] = (table, table.features, table.labels.astype(np.float32), d, np.arange(len(table.labels)))
+    if "all" in raw:  # one file: split first (seeded), then every split applies the policy to its rows
+        table, feats, y, d, _ = raw.pop("all")
         fractions = [valid_fraction, test_fraction] if valid_fraction > 0 else [test_fraction]
-        idx = split_rows(len(y), fractions, seed)
         keys = ["train", "valid", "test"] if valid_fraction > 0 else ["train", "test"]
-        for key, rows in zip(keys, idx):
-            loaded[key] = ([f[rows] for f in feats], y[rows])
+        for key, rows in zip(keys, split_rows(len(y), fractions, seed)):
+            raw[key] = (table, [f[rows] for f in feats], y[rows], None if d is None else d[rows], rows)
+    loaded = {}
+    totals = {"rows": 0, "cascade_violations": 0, "cascade_dropped": 0}
+    for split in ("train", "valid", "test"):
+        if split not in raw:
+            continue
+        table, feats, y, d, rows = raw[split]
+        fstats: dict = {"rows": len(y)}
+        keep = apply_policy(y, policy, names, str(table.path), fstats,
+                            where=lambda r, t=table, rows=rows: t.where(int(rows[r])))
+        if keep is not None:
+            feats, y, d = [f[keep] for f in feats], y[keep], None if d is None else d[keep]
+        fstats["kept"] = len(y)
+        if "all" in files:
+            for k in totals:
+                totals[k] += fstats.get(k, 0)
+        else:
+            stats[split + "_file"] = fstats
+        stats["dropped"][split] = {CASCADE_DROP: fstats["cascade_dropped"]}
+        if d is not None:
+            stats["altered"].setdefault(split, {})[DENSE_MISSING] = int(np.isnan(d).any(axis=1).sum())
+        loaded[split] = (feats, y, d)
+    if "all" in files:
+        stats["all_file"] = dict(totals, kept=sum(len(v[1]) for v in loaded.values()))
+    for split in ("train", "test"):
+        if len(loaded[split][1]) == 0:
+            dropped = stats["dropped"][split][CASCADE_DROP]
+            raise DataFormatError(
+                f"{path}: the {split} split is empty" + (f" after dropping its {dropped} row(s) that break the "
+                                                         f"cascade" if dropped else "")
+                + (f" (test_fraction={test_fraction} of {sum(len(v[1]) for v in loaded.values())} rows)"
+                   if "all" in files and not dropped else ""))
     if encode:
         dims, train_cols, others = encode_bytes_columns(loaded["train"][0],
                                                          {k: v[0] for k, v in loaded.items() if k != "train"},
                                                          min_count)
         encoded = {"train": train_cols, **others}
+        for split, cols in encoded.items():
+            oov = np.zeros(len(loaded[split][1]), dtype=bool)
+            for c in cols:
+                oov |= c == 0
+            stats["altered"].setdefault(split, {})[OOV_IDS] = int(oov.sum())
+        n_train = len(loaded["train"][1])
+        for name, size in zip(feature_names, dims):
+            if features is None and n_train >= 50 and size - 1 >= 0.9 * n_train:
+                stats["warnings"].append(
+                    f"column {name!r} has a distinct value in {size - 1} of {n_train} training rows: as a "
+                    f"categorical feature it can only memorise rows (leave it out with --features)")
     else:
-        for split, (feats, _) in loaded.items():
+        for split, (feats, _, _) in loaded.items():
             ints_fit(feats, Path(path))
-        dims = [max(int(f[j].max(initial=0)) for f, _ in loaded.values()) + 1 for j in range(len(feature_names))]
+        dims = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(feature_names))]
+        for name, size in zip(feature_names, dims):
+            if size > MAX_RAW_VOCAB:
+                raise DataFormatError(
+                    f"{path}: with encode=false column {name!r} holds the id {size - 1:,}, so its table would "
+                    f"need {size:,} rows (limit {MAX_RAW_VOCAB:,}); use encode=true to number the ids "
+                    f"that occur")
         encoded = {k: v[0] for k, v in loaded.items()}
-    parts = {}
+    parts, dense_parts = {}, {}
     for split in ("train", "valid", "test"):
         if split not in loaded:
             continue
         x = stack_features(encoded[split])
-        y = loaded[split][1]
+        y, d = loaded[split][1], loaded[split][2]
         if split == "train" and "valid" not in loaded and valid_fraction > 0 and "all" not in files:
-            parts.update(_split_train(x, y, valid_fraction, seed))
+            train_idx, valid_idx = split_rows(len(y), [valid_fraction], seed)
+            parts["train"], parts["valid"] = (x[train_idx], y[train_idx]), (x[valid_idx], y[valid_idx])
+            if d is not None:
+                dense_parts["train"], dense_parts["valid"] = d[train_idx], d[valid_idx]
+            for what in ("dropped", "altered"):  # the train file's counts cover train and valid
+                if "train" in stats[what]:
+                    stats[what]["train+valid"] = stats[what].pop("train")
         else:
             parts[split] = (x, y)
-    return _assemble(parts, dims, feature_names, names, "csv", stats)
+            if d is not None:
+                dense_parts[split] = d
+    arrays, info = _assemble(parts, dims, feature_names, names, "csv", stats)
+    for split, d in dense_parts.items():
+        arrays[f"{split}.dense"] = d
+    info["dense_names"] = list(dense_names or [])
+    return arrays, info

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ..data import Batcher, CascadeData
 from ..modules import JaggedIds
 from ..metrics import auc
+from ..models.base import check_finite
 
 
 @dataclass
@@ -40,13 +41,29 @@ def _batcher(data: CascadeData, batch_size: int, device: torch.device, shuffle: 
 
 
 def model_input(batch: tuple, data: CascadeData) -> tuple:
-    """(model input, labels) of a batch. With multi-valued fields the input is ``JaggedIds``: the
-    single-valued fields, then the bags, in the order of ``data.model_field_dims``."""
+    """(model input, labels, dense) of a batch of ``data`` (dense: [B, K] raw floats, or None when the data
+    has no dense features). With multi-valued fields the input is ``JaggedIds``: the single-valued fields,
+    then the bags, in the order of ``data.model_field_dims``."""
+    dense = None
+    if data.dense is not None:
+        *batch, dense = batch
     if not data.bags:
-        return batch
+        x, y = batch
+        return x, y, dense
     x, y, bags = batch
     fields = [x[:, f] for f in range(x.shape[1])] + [bags[name] for name in data.bag_names]
-    return JaggedIds.from_fields(fields), y
+    return JaggedIds.from_fields(fields), y, dense
+
+
+def _dense_kw(dense: Optional[torch.Tensor]) -> dict:
+    return {} if dense is None else {"dense": dense}
+
+
+def fit_dense_statistics(model: torch.nn.Module, train: CascadeData) -> None:
+    """Fit the model's dense standardisation on the training split (once: a fitted model keeps its own)."""
+    dense_input = getattr(model, "dense_input", None)
+    if dense_input is not None and train.dense is not None and not bool(dense_input.fitted):
+        dense_input.fit(train.dense)
 
 
 @torch.no_grad()
@@ -55,8 +72,10 @@ def predict(model: torch.nn.Module, data: CascadeData, batch_size: int = 16384) 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [model(model_input(batch, data)[0]).float().cpu()
-           for batch in _batcher(data, batch_size, device, shuffle=False)]
+    out = []
+    for batch in _batcher(data, batch_size, device, shuffle=False):
+        x, _, dense = model_input(batch, data)
+        out.append(model(x, **_dense_kw(dense)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, data.num_tasks)
 
@@ -64,6 +83,7 @@ def predict(model: torch.nn.Module, data: CascadeData, batch_size: int = 16384) 
 def evaluate(model: torch.nn.Module, data: CascadeData, batch_size: int = 16384) -> dict:
     """Per-task AUC and log loss of the model on ``data``, with the oracle AUC where it is known."""
     probs = predict(model, data, batch_size)
+    check_finite(probs)  # a diverged model stops here, before a NaN reaches a metric or a file
     y = data.y
     logloss = [torch.nn.functional.binary_cross_entropy(probs[:, t].clamp(1e-7, 1 - 1e-7), y[:, t]).item()
                for t in range(data.num_tasks)]
@@ -88,6 +108,7 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
     device = next(model.parameters()).device
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    fit_dense_statistics(model, train)
     batcher = _batcher(train, config.batch_size, device, shuffle=True, seed=config.seed)
     steps = len(batcher)
     history = []
@@ -101,10 +122,10 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
         bar = tqdm(batcher, total=steps, disable=not config.progress,
                    desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, mininterval=0.5)
         for step, batch in enumerate(bar):
-            x, y = model_input(batch, train)
+            x, y, dense = model_input(batch, train)
             if config.per_step_curriculum and hasattr(model, "set_epoch"):
                 model.set_epoch(epoch + step / steps)
-            probs = model(x, labels=y)
+            probs = model(x, labels=y, **_dense_kw(dense))
             loss = model.loss(probs, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
