@@ -1,4 +1,8 @@
-"""Command line: ``pimm-fast train`` (also ``python -m pimm_fast train``) and ``pimm-fast info``."""
+"""Command line: ``pimm-fast train`` (also ``python -m pimm_fast train``), ``info`` and ``cache``.
+
+User errors (bad options, unreadable data, a diverging run) print one line ``pimm-fast: error: ...`` on
+stderr and exit 2, never a traceback; every option is checked before any data are read.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .errors import TrainingDiverged, UsageError
+
 
 def _parse_dims(text: str) -> tuple[int, ...]:
     try:
@@ -23,9 +29,16 @@ def _parse_dims(text: str) -> tuple[int, ...]:
     return dims
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line (``pimm-fast: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pimm-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="pimm-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a cascade model and report per-task AUC on held-out data")
     train.add_argument("--data", default="synthetic:demo", action=_DataOption,
@@ -37,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--labels", dest="labels", action=_DataOption, default=argparse.SUPPRESS,
                       help="csv: label columns in funnel order, comma-separated (e.g. click,purchase)")
     data.add_argument("--features", dest="features", action=_DataOption, default=argparse.SUPPRESS,
-                      help="csv: categorical feature columns, comma-separated (default: all other columns)")
+                      help="csv: categorical feature columns, comma-separated names or shell-style globs "
+                           "('categorical_*'; default: all columns but the labels and --dense)")
+    data.add_argument("--dense", dest="dense", action=_DataOption, default=argparse.SUPPRESS,
+                      help="csv: numerical feature columns, comma-separated names or globs ('numerical_*'); "
+                           "standardised with training statistics, missing values imputed and flagged")
     data.add_argument("--extra-columns", dest="extra", action=_DataOption, default=argparse.SUPPRESS,
                       choices=("ignore", "error"), help="csv: columns named neither label nor feature")
     data.add_argument("--cascade-policy", dest="policy", action=_DataOption, default=argparse.SUPPRESS,
@@ -73,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
 
     sub.add_parser("info", help="print what was built and which backends can run")
+    cache = sub.add_parser("cache", help="list or clear the cache of preprocessed data files")
+    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("names", nargs="*", help="clear: the entries to remove (default: all)")
+    cache.add_argument("--cache-dir", default=None,
+                       help="the cache directory (default $PIMM_FAST_CACHE_DIR or ~/.cache/pimm_fast)")
     return parser
 
 
@@ -95,22 +117,49 @@ class _DataOption(argparse.Action):
         namespace.data = base
 
 
-def load_data(spec: str, samples: int, seed: int):
-    """(train, test) of a data spec; bad specs and unreadable data exit with the reason."""
-    from .data import DataFormatError, load, parse_spec
+def _load_options(spec: str, samples: int, seed: int) -> dict:
+    from .data.spec import accepts, parse_spec
+
+    kind, _, options = parse_spec(spec)
+    extra = {}
+    if kind == "synthetic":  # the whole train part trains (no validation split), as before
+        extra = {"valid_fraction": options.get("valid_fraction", 0.0)}
+        if "samples" not in options:
+            extra["samples"] = samples
+    if "seed" not in options and accepts(kind, "seed"):  # rechub-csv has fixed splits: no seed
+        extra["seed"] = seed
+    return extra
+
+
+def check_data_spec(spec: str, samples: int = 1, seed: int = 0) -> None:
+    """Check a data spec without reading data: its kind, options, their values and that its files exist."""
+    from .data.spec import _merge, _sources, parse_spec
 
     try:
-        kind, _, options = parse_spec(spec)
-        extra = {}
-        if kind == "synthetic":  # the whole train part trains (no validation split), as before
-            extra = {"valid_fraction": options.get("valid_fraction", 0.0)}
-            if "samples" not in options:
-                extra["samples"] = samples
-        if "seed" not in options:
-            extra["seed"] = seed
-        splits = load(spec, log=lambda msg: print(msg, flush=True), **extra)
-    except (ValueError, FileNotFoundError, ImportError, DataFormatError) as err:
-        raise SystemExit(f"pimm-fast: {err}") from None
+        kind, arg, options = parse_spec(spec)
+        opts = _merge(kind, spec, options, _load_options(spec, samples, seed))
+        if kind == "csv" and "labels" not in opts:
+            raise UsageError(f"data spec {spec!r}: name the label columns in funnel order with --labels "
+                             f"(e.g. --labels click,purchase)")
+        if kind != "synthetic":
+            _sources(kind, arg, opts)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+        raise UsageError(str(err)) from None
+
+
+def load_data(spec: str, samples: int, seed: int):
+    """(train, test) of a data spec; bad specs and unreadable data raise UsageError with the reason. The
+    drop report (every dropped or altered row, by reason and split) is printed and kept in
+    ``train.meta['report']``."""
+    from .data import DataFormatError, load
+
+    try:
+        splits = load(spec, log=lambda msg: print(msg, flush=True), **_load_options(spec, samples, seed))
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, DataFormatError) as err:
+        raise UsageError(str(err)) from None
+    for line in splits.report_lines():
+        print(f"data: {line}", flush=True)
+    splits.train.meta["report"] = splits.report
     return splits.train, splits.test
 
 
@@ -125,12 +174,46 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _finite_json(value):
+    """NaN / inf (e.g. the AUC of a task without positives) become null: the file stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def check_output_path(path: Optional[Path], option: str = "--output") -> None:
+    """Fail before any work if ``path`` cannot be written: a directory, or a place without write access."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file name (e.g. {path / 'results.json'})")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path} exists and is not writable")
+    parent = path.parent.resolve() if str(path.parent) else Path.cwd()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot create files in {parent} (no write permission)")
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside the target, then rename: never a half-written file."""
+    """Write to a temporary file beside the target, then rename: never a half-written file (the temporary
+    file is removed if anything fails)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_finite_json(payload), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def build_model(args: argparse.Namespace, train):
@@ -141,6 +224,8 @@ def build_model(args: argparse.Namespace, train):
     field_dims = train.model_field_dims  # single-valued fields, then multi-valued ones (mean-pooled bags)
     pooling = ["sum"] * len(train.field_dims) + ["mean"] * len(train.bag_names)
     kwargs = {"embed_dim": args.embed_dim, "backend": args.backend, "task_names": train.task_names}
+    if train.dense is not None:
+        kwargs.update(num_dense=train.num_dense, dense_names=train.dense_names)
     if args.tower_dims is not None:
         kwargs["tower_dims"] = args.tower_dims
     if args.embedding_optimizer != "dense":
@@ -156,17 +241,77 @@ def build_model(args: argparse.Namespace, train):
         if args.backbone is not None:
             kwargs["backbone"] = args.backbone
     elif args.backbone is not None:
-        raise SystemExit("pimm-fast: --backbone applies to --model pimm only")
+        raise UsageError("--backbone applies to --model pimm only")
     try:
-        return by_name(name, field_dims, num_tasks=train.num_tasks, **kwargs)
+        model = by_name(name, field_dims, num_tasks=train.num_tasks, **kwargs)
     except ValueError as err:
-        raise SystemExit(f"pimm-fast: {err}") from None
+        raise UsageError(str(err)) from None
+    if model.dense_input is not None:  # standardisation fitted on the training split only
+        model.dense_input.fit(train.dense)
+    return model
+
+
+def check_train_args(args: argparse.Namespace) -> None:
+    """Every option of ``train`` checked before any data are read; a bad one raises UsageError."""
+    import pimm_fast
+    from .models import MODELS
+
+    for name in ("epochs", "batch_size", "embed_dim"):
+        value = getattr(args, name)
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    for name in ("lr", "embedding_lr"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    try:
+        pimm_fast.Curriculum(args.alpha, args.step, args.floor)
+    except ValueError as err:
+        raise UsageError(f"--alpha/--step/--floor: {err}") from None
+    model = args.model.strip().lower().replace("-", "_")
+    if model not in MODELS:
+        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(MODELS)}")
+    if args.backbone is not None and model != "pimm":
+        raise UsageError("--backbone applies to --model pimm only")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:0, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {args.device}: only cpu and cuda devices are supported")
+    try:
+        pimm_fast.ops.resolve_backend(args.backend, device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--backend {args.backend}: {err}") from None
+    check_data_spec(args.data, args.samples, args.seed)
+    from .data.spec import parse_spec
+
+    policy = parse_spec(args.data)[2].get("policy")
+    if policy == "keep" and MODELS[model].requires_cascade:
+        need = [n for n, cls in MODELS.items() if cls.requires_cascade]
+        free = [n for n, cls in MODELS.items() if not cls.requires_cascade]
+        raise UsageError(f"--cascade-policy keep keeps rows that break the cascade, which {model} cannot train on "
+                         f"({', '.join(need)} assume the cascade: PIMM feeds y_(t-1), ESMM multiplies stages, "
+                         f"AITM/MNCM calibrate yhat_t <= yhat_(t-1)); use --model {' / '.join(free)}, or "
+                         f"--cascade-policy drop")
+    check_output_path(args.output)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import pimm_fast
     from .train import TrainConfig, evaluate, fit
 
+    check_train_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -176,6 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend = pimm_fast.ops.resolve_backend(args.backend, args.device)
     print(f"{type(model).__name__} on {args.data}: {len(train):,} train / {len(test):,} test impressions, "
           f"{len(train.field_dims)} fields" + (f" + {len(train.bag_names)} multi-valued" if train.bags else "") +
+          (f" + {train.num_dense} dense" if train.dense is not None else "") +
           f", tasks {' -> '.join(train.task_names)}; "
           f"backend {backend} on {args.device}, {torch.get_num_threads()} threads, "
           f"embedding optimizer {args.embedding_optimizer}", flush=True)
@@ -193,7 +339,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.output is not None:
         write_json_atomic(args.output, {"args": {k: (str(v) if isinstance(v, Path) else v)
                                                  for k, v in vars(args).items()},
-                                        "backend": backend, "history": history, "test": result})
+                                        "backend": backend, "history": history, "test": result,
+                                        "data": {"report": train.meta.get("report", {}),
+                                                 "dense_names": list(train.dense_names)}})
     return 0
 
 
@@ -204,9 +352,40 @@ def cmd_info(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .data import cache
+
+    root = Path(args.cache_dir) if args.cache_dir else cache.default_cache_root()
+    if args.action == "list":
+        if args.names:
+            raise UsageError("cache list takes no names")
+        listed = cache.entries(root)
+        total = sum(e["bytes"] for e in listed)
+        print(f"{root}: {len(listed)} entr{'y' if len(listed) == 1 else 'ies'}, {total / 2**20:,.1f} MiB "
+              f"(limit {cache.max_bytes() / 2**30:,.1f} GiB; least recently used first)")
+        for e in listed:
+            print(f"  {e['name']}  {e['bytes'] / 2**20:>10,.1f} MiB  used "
+                  f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e['last_used']))}  {e['spec']}")
+        return 0
+    try:
+        removed = cache.clear(root, args.names or None)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(f"{root}: removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return {"train": cmd_train, "info": cmd_info}[args.command](args)
+    """Run a command; user errors print ``pimm-fast: error: ...`` (one line) and return 2."""
+    from .data import DataFormatError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return {"train": cmd_train, "info": cmd_info, "cache": cmd_cache}[args.command](args)
+    except (UsageError, DataFormatError, TrainingDiverged) as err:
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        print(f"pimm-fast: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -62,11 +62,17 @@ def test_real_aliexpress_and_census_samples_through_the_generic_loader(data_dir)
     with pytest.raises(DataFormatError, match="neither labels nor features"):
         load(f"csv:{path}?labels=click,conversion&features={cats}&extra=error", cache_dir=None)
     census = data_dir / "census-income" / "torch-rechub" / "census_income_train_sample.csv"
+    # without features=/dense=, its decimal columns would become ids: the loader names them and asks
+    with pytest.raises(DataFormatError, match=r"age, wage per hour, .* hold decimal numbers.*--dense"):
+        load(f"csv:{census}", labels=["income", "marital status"], cache_dir=None)
+    numeric = ["age", "wage per hour", "capital gains", "capital losses", "divdends from stocks",
+               "num persons worked for employer", "weeks worked in year"]
     # income and marital status are not a cascade: 'error' refuses them, 'keep' loads them as they are
     with pytest.raises(DataFormatError, match="break the cascade"):
-        load(f"csv:{census}", labels=["income", "marital status"], policy="error", cache_dir=None)
-    kept = load(f"csv:{census}", labels=["income", "marital status"], policy="keep", cache_dir=None)
-    assert len(kept.train) + len(kept.valid) + len(kept.test) == 80 and len(kept.field_dims) == 39
+        load(f"csv:{census}", labels=["income", "marital status"], dense=numeric, policy="error", cache_dir=None)
+    kept = load(f"csv:{census}", labels=["income", "marital status"], dense=numeric, policy="keep", cache_dir=None)
+    assert len(kept.train) + len(kept.valid) + len(kept.test) == 80 and len(kept.field_dims) == 32
+    assert kept.train.dense_names == tuple(numeric) and kept.train.dense.dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ dropped counts) is written last, the directory is fsynced, then renamed onto the
 that dies half way leaves only a temporary directory, which is never read (and is removed by a later
 write once its process is gone). A reader trusts a cache only if its manifest parses, names the expected
 key and format, and every listed file exists with the listed size, shape and dtype.
+
+Keys: the source kind, the options and each source file's content (:func:`fingerprint`: a BLAKE2b hash of
+the whole file up to ``FULL_HASH_BYTES``, above that size + mtime + ctime + inode + a hash of 64 sampled
+blocks), so an edit that keeps size and mtime is never served stale. Size limit: after each write the
+least recently used entries are removed until the cache holds at most ``max_bytes()``
+($PIMM_FAST_CACHE_MAX_BYTES, default 50 GiB). ``pimm-fast cache list|clear`` shows and removes entries.
 """
 from __future__ import annotations
 
@@ -21,8 +27,12 @@ import numpy as np
 
 from ._bytes import fsync_dir
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: keys on file content
 MANIFEST = "manifest.json"
+FULL_HASH_BYTES = 1 << 30  # files up to 1 GiB are hashed whole (BLAKE2b, about 1 GB/s)
+SAMPLE_BLOCKS = 64
+SAMPLE_BYTES = 1 << 16
+DEFAULT_MAX_BYTES = 50 << 30
 
 
 def default_cache_root() -> Path:
@@ -32,13 +42,125 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pimm_fast"
 
 
+def content_hash(path: Path, size: int) -> str:
+    """BLAKE2b of the whole file up to FULL_HASH_BYTES; above, of SAMPLE_BLOCKS evenly spread blocks."""
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            while True:
+                block = f.read(8 << 20)
+                if not block:
+                    break
+                h.update(block)
+            return "full:" + h.hexdigest()
+        for k in range(SAMPLE_BLOCKS):
+            f.seek((size - SAMPLE_BYTES) * k // (SAMPLE_BLOCKS - 1))
+            h.update(f.read(SAMPLE_BYTES))
+    return "sampled:" + h.hexdigest()
+
+
 def fingerprint(paths) -> list[dict]:
-    """What identifies the source files cheaply: absolute path, size and modification time."""
+    """What identifies the source files: absolute path, size, mtime and a content hash (see module doc);
+    files above FULL_HASH_BYTES add ctime and inode, which any in-place write changes."""
     out = []
     for p in sorted(Path(p).resolve() for p in paths):
         st = p.stat()
-        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        entry = {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                 "content": content_hash(p, st.st_size)}
+        if st.st_size > FULL_HASH_BYTES:
+            entry.update(ctime_ns=st.st_ctime_ns, inode=st.st_ino)
+        out.append(entry)
     return out
+
+
+def max_bytes() -> int:
+    """The cache's size limit: $PIMM_FAST_CACHE_MAX_BYTES (bytes; suffixes K, M, G allowed) or 50 GiB."""
+    text = os.environ.get("PIMM_FAST_CACHE_MAX_BYTES", "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1].upper(), 1)
+    try:
+        value = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise ValueError(f"PIMM_FAST_CACHE_MAX_BYTES must be a byte count such as 20G, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"PIMM_FAST_CACHE_MAX_BYTES must be >= 0, got {text!r}")
+    return value
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file():
+                total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def entries(root: Path) -> list[dict]:
+    """The complete entries under ``root``, least recently used first: name, path, bytes, last_used
+    (seconds since the epoch), created, kind, spec."""
+    root = Path(root)
+    out = []
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        if d.name.startswith(".") or not (d / MANIFEST).is_file():
+            continue
+        try:
+            manifest = json.loads((d / MANIFEST).read_text())
+            used = (d / MANIFEST).stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        out.append({"name": d.name, "path": str(d), "bytes": _dir_bytes(d), "last_used": used,
+                    "created": manifest.get("created"), "kind": manifest.get("kind"), "spec": manifest.get("spec")})
+    out.sort(key=lambda e: e["last_used"])
+    return out
+
+
+def touch(target: Path) -> None:
+    """Mark an entry as used now (its manifest's mtime orders eviction)."""
+    try:
+        os.utime(Path(target) / MANIFEST)
+    except OSError:
+        pass
+
+
+def evict(root: Path, limit: int, keep: Optional[Path] = None) -> list[str]:
+    """Remove the least recently used entries until those under ``root`` total at most ``limit`` bytes
+    (never ``keep``, the entry just written); returns the names removed."""
+    listed = entries(root)
+    total = sum(e["bytes"] for e in listed)
+    removed = []
+    for e in listed:
+        if total <= limit:
+            break
+        if keep is not None and Path(e["path"]) == Path(keep):
+            continue
+        shutil.rmtree(e["path"], ignore_errors=True)
+        total -= e["bytes"]
+        removed.append(e["name"])
+    return removed
+
+
+def clear(root: Path, names: Optional[list[str]] = None) -> list[str]:
+    """Remove the named entries (all when ``names`` is None) and leftover temporary directories of dead
+    processes; returns the names removed. An unknown name is a ValueError."""
+    root = Path(root)
+    listed = {e["name"]: e for e in entries(root)}
+    if names:
+        unknown = [n for n in names if n not in listed]
+        if unknown:
+            raise ValueError(f"no cache entry {unknown} under {root}; `pimm-fast cache list` shows them")
+    chosen = names or list(listed)
+    for n in chosen:
+        shutil.rmtree(listed[n]["path"], ignore_errors=True)
+    if root.is_dir() and not names:
+        for tmp in root.glob(".*.tmp-*"):
+            _remove_stale(root / tmp.name.split(".tmp-")[0][1:])
+    return chosen
 
 
 def cache_key(kind: str, sources: list[dict], options: dict) -> str:
@@ -104,6 +226,7 @@ def write_cache(target: Path, arrays: dict[str, np.ndarray], info: dict) -> Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    evict(target.parent, max_bytes(), keep=target)
     return target
 
 
@@ -134,4 +257,5 @@ def read_cache(target: Path, key: Optional[str] = None, mmap: bool = True) -> Op
             arrays[name] = arr
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    touch(target)
     return arrays, manifest
