@@ -113,7 +113,7 @@ class _DataOption(argparse.Action):
         if options:
             from urllib.parse import urlencode
 
-            base += ("&" if "?" in base else "?") + urlencode(options, safe=",/")
+            base += ("&" if "?" in base else "?") + urlencode(options, safe=",/*")
         namespace.data = base
 
 

@@ -314,3 +314,13 @@ def test_fused_bags_equal_torch_sparse_optimizer(backend, optimizer):
         torch.cat(outs, 1).backward(grad)
         opt.step()
     torch.testing.assert_close(emb.weight.detach(), param.detach(), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad", "adam"])
+def test_fused_embedding_backward_on_an_empty_batch(optimizer):
+    emb = FusedEmbedding([5, 3], 4, optimizer=optimizer, lr=0.1)
+    before = emb.weight.detach().clone()
+    out = emb(torch.zeros(0, 2, dtype=torch.int64))
+    assert out.shape == (0, 8)
+    out.sum().backward()  # touches no row: nothing changes, nothing crashes
+    assert torch.equal(emb.weight.detach(), before)

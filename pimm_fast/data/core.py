@@ -163,11 +163,12 @@ class Splits:
 def format_report(report: dict) -> list[str]:
     lines = []
     for what in ("dropped", "altered"):
+        before = len(lines)
         for split, reasons in report.get(what, {}).items():
             for reason, count in reasons.items():
                 if count:
                     lines.append(f"{what} {count:,} {split} row(s): {reason}")
-    if not lines:
-        lines.append("no row dropped or altered")
+        if len(lines) == before:
+            lines.append(f"no row {what}")
     lines.extend(f"warning: {w}" for w in report.get("warnings", []))
     return lines
