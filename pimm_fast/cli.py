@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import TrainingDiverged, UsageError
+from .errors import UsageError
 
 
 def _parse_dims(text: str) -> tuple[int, ...]:
@@ -382,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"train": cmd_train, "info": cmd_info, "cache": cmd_cache}[args.command](args)
-    except (UsageError, DataFormatError, TrainingDiverged) as err:
+    except (UsageError, DataFormatError, FloatingPointError) as err:  # FloatingPointError: TrainingDiverged
         message = " ".join(str(err).split())  # one line, whatever the message held
         print(f"pimm-fast: error: {message}", file=sys.stderr)
         return 2

@@ -783,8 +783,13 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
         encoded = {"train": train_cols, **others}
         for split, cols in encoded.items():
             oov = np.zeros(len(loaded[split][1]), dtype=bool)
-            for c in cols:
+            for name, c in zip(feature_names, cols):
                 oov |= c == 0
+                unseen = int((c == 0).sum())
+                if split != "train" and len(c) >= 10 and unseen >= 0.9 * len(c):
+                    stats["warnings"].append(
+                        f"column {name!r}: {unseen} of {len(c)} {split} rows hold a value never seen in training "
+                        f"(a row or session id?); it carries no information there (leave it out with --features)")
             stats["altered"].setdefault(split, {})[OOV_IDS] = int(oov.sum())
         n_train = len(loaded["train"][1])
         for name, size in zip(feature_names, dims):
