@@ -170,3 +170,12 @@ def test_validate_labels_without_the_cascade_check():
         assert torch.equal(fn(y, 2, cascade=False), y)
         with pytest.raises(ValueError, match="labels must be 0 or 1"):
             fn(torch.tensor([[0.5, 0.0]]), 2, cascade=False)
+
+
+def test_encode_false_on_a_decimal_column_asks_for_features_and_dense(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("user,price,click,buy\n" + "".join(f"{i % 5},{i / 7:.3f},{i % 2},0\n" for i in range(30)))
+    with pytest.raises(DataFormatError, match=r"line 2: id '0.000' is not a non-negative integer; .*--dense"):
+        load(f"csv:{path}?labels=click,buy&encode=false", cache_dir=None)
+    s = load(f"csv:{path}?labels=click,buy&encode=false&dense=price", cache_dir=None)
+    assert s.field_dims == (5,) and s.train.dense_names == ("price",)

@@ -717,7 +717,14 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
     raw = {}
     feature_names = dense_names = None
     for split, p in files.items():
-        table = read_any(p, labels, features, "bytes" if encode else "int", extra, header, dense=dense)
+        try:
+            table = read_any(p, labels, features, "bytes" if encode else "int", extra, header, dense=dense)
+        except DataFormatError as err:
+            if encode or features is not None or "is not a non-negative integer" not in str(err):
+                raise
+            raise DataFormatError(f"{err}; with encode=false every feature column must hold integer ids: name "
+                                  f"the id columns with features= (--features) and numerical ones with dense= "
+                                  f"(--dense)") from None
         if feature_names is None:
             feature_names = [str(c) for c in table.feature_names]
             dense_names = [str(c) for c in table.dense_names]
