@@ -113,7 +113,9 @@ def test_keep_policy_trains_models_without_a_cascade_and_refuses_the_others(caps
         one_line_error(capsys, base + ["--model", model], "use --model shared_bottom / mmoe / ple")
     for model in ("shared_bottom", "mmoe", "ple"):
         assert main(base + ["--model", model]) == 0, capsys.readouterr().err
-        assert "held-out test set" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "held-out test set" in out and "no row dropped" in out
+        assert "row(s): labels break the cascade (cascade policy 'keep': trained as they are)" in out
 
 
 def test_empty_splits_are_errors(capsys, tmp_path):

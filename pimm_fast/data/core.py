@@ -151,9 +151,10 @@ class Splits:
 
     @property
     def report(self) -> dict:
-        """What loading did to rows: {"dropped": {split: {reason: rows}}, "altered": {...}, "warnings": [...]}."""
+        """What loading did to rows: {"dropped": {split: {reason: rows}}, "altered": {...}, "kept": {...} (rows
+        that break the cascade, kept by policy 'keep'), "warnings": [...]}."""
         return {"dropped": self.stats.get("dropped", {}), "altered": self.stats.get("altered", {}),
-                "warnings": list(self.stats.get("warnings", []))}
+                "kept": self.stats.get("kept", {}), "warnings": list(self.stats.get("warnings", []))}
 
     def report_lines(self) -> list[str]:
         """The drop report as lines for a run summary (every dropped or altered row, by reason and split)."""
@@ -170,5 +171,7 @@ def format_report(report: dict) -> list[str]:
                     lines.append(f"{what} {count:,} {split} row(s): {reason}")
         if len(lines) == before:
             lines.append(f"no row {what}")
+    for split, reasons in report.get("kept", {}).items():
+        lines.extend(f"kept {count:,} {split} row(s): {reason}" for reason, count in reasons.items() if count)
     lines.extend(f"warning: {w}" for w in report.get("warnings", []))
     return lines

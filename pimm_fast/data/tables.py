@@ -671,6 +671,7 @@ def _table_files(path: Path) -> dict:
 
 
 CASCADE_DROP = "labels break the cascade (cascade policy 'drop')"
+CASCADE_KEEP = "labels break the cascade (cascade policy 'keep': trained as they are)"
 OOV_IDS = "a categorical value outside the training vocabulary (unseen, rare or empty) became id 0"
 DENSE_MISSING = "a missing numerical value (imputed with the training mean, flagged)"
 
@@ -770,6 +771,8 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
         else:
             stats[split + "_file"] = fstats
         stats["dropped"][split] = {CASCADE_DROP: fstats["cascade_dropped"]}
+        if policy == "keep" and fstats["cascade_violations"]:
+            stats.setdefault("kept", {})[split] = {CASCADE_KEEP: fstats["cascade_violations"]}
         if d is not None:
             stats["altered"].setdefault(split, {})[DENSE_MISSING] = int(np.isnan(d).any(axis=1).sum())
         loaded[split] = (feats, y, d)
