@@ -9,8 +9,8 @@
 Options go after ``?`` as ``key=value`` pairs joined by ``&`` (``synthetic:aliccp?scale=0.1&samples=1000000``,
 ``csv:data.parquet?labels=click,buy&features=user,item&dense=price,age``) or as keyword arguments of
 :func:`load`; the same option given twice (in the spec, or in the spec and as an argument) must agree.
-``features`` and ``dense`` take comma lists and shell-style globs (``features=cat_*&dense=num_*``). File sources are preprocessed once into an atomic cache (see
-:mod:`.cache`); ``cache_dir=None`` turns that off.
+``features`` and ``dense`` take comma lists and shell-style globs (``features=cat_*&dense=num_*``). File
+sources are preprocessed once into an atomic cache (see :mod:`.cache`); ``cache_dir=None`` turns that off.
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def _names(text) -> list[str]:
 
 _TYPES: dict[str, Callable[[Any], Any]] = {
     "samples": int, "seed": int, "scale": float, "valid_fraction": float, "test_fraction": float,
-    "min_count": int, "variant": str, "policy": str, "labels": _names, "features": _names, "dense": _names, "extra": str,
-    "encode": _bool, "dims": str, "header": str, "threads": int, "task_names": _names, "cache": str,
+    "min_count": int, "variant": str, "policy": str, "labels": _names, "features": _names, "dense": _names,
+    "extra": str, "encode": _bool, "dims": str, "header": str, "threads": int, "task_names": _names, "cache": str,
 }
 _ALLOWED = {
     "synthetic": {"samples", "seed", "scale", "valid_fraction", "test_fraction"},
