@@ -138,3 +138,26 @@ def test_dense_cells_that_are_not_numbers_name_the_line(tmp_path):
     path.write_text("user,price,click,buy\na,1.5,1,0\nb,cheap,0,0\nc,,0,0\n")
     with pytest.raises(pimm_fast.data.DataFormatError, match=r"line 3: dense column 'price' = 'cheap'"):
         load(f"csv:{path}?labels=click,buy&dense=price", cache_dir=None)
+
+
+def test_bags_and_dense_together_reach_the_model():
+    from pimm_fast.data import BagTable
+    from pimm_fast.modules import JaggedIds
+
+    n = 12
+    x = torch.randint(0, 4, (n, 2), dtype=torch.int32)
+    y = torch.zeros(n, 2)
+    y[::3, 0] = 1
+    offsets = torch.arange(0, 2 * n + 1, 2, dtype=torch.int64)  # two ids per owner row
+    bags = BagTable(names=("hist",), dims=(6,), offsets=(offsets,), values=(torch.randint(0, 6, (2 * n,),
+                    dtype=torch.int32),), index=torch.arange(n))
+    dense = torch.randn(n, 3)
+    data = CascadeData(x, y, (4, 4), ("click", "buy"), bags=(bags,), dense=dense, dense_names=("a", "b", "c"))
+    batch = next(iter(Batcher(data, 5, shuffle=True, seed=1, bags=True)))
+    assert len(batch) == 4
+    ids, labels, d = model_input(batch, data)
+    rows = Batcher(data, 5, shuffle=True, seed=1).order(0)[:5]
+    assert isinstance(ids, JaggedIds) and torch.equal(d, dense[rows]) and torch.equal(labels, y[rows])
+    emb = pimm_fast.FieldEmbedding(data.model_field_dims, 4, pooling=["sum", "sum", "mean"])
+    model = pimm_fast.PIMM(data.model_field_dims, embedding=emb, num_dense=3, tower_dims=(8,))
+    assert model(ids, labels=labels, dense=d).shape == (5, 2)
