@@ -1,12 +1,12 @@
-"""Command line: ``pimm-fast train`` (also ``python -m pimm_fast train``) and ``pimm-fast info``."""
+"""Command line: ``pimm-fast train | compare | evaluate | predict | info`` (also ``python -m pimm_fast ...``).
+
+The experiment verbs (train, compare, evaluate, predict) live in :mod:`pimm_fast.train.commands` and
+:mod:`pimm_fast.train.experiments`; this module declares options and dispatches."""
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pimm, shared_bottom, esmm, mmoe, ple, aitm or mncm (default: pimm)")
     train.add_argument("--backbone", default=None, choices=("towers", "mmoe", "ple"),
                        help="pimm only: what feeds the towers (default: towers, as in the paper)")
-    train.add_argument("--embedding-optimizer", default="dense", choices=("dense", "adam", "rowwise_adagrad", "sgd"),
-                       help="dense: the table trains with the model's Adam; else a fused optimizer updates the "
-                            "touched rows in the backward (lazy Adam, row-wise Adagrad, SGD)")
+    train.add_argument("--embedding-optimizer", default="adam", choices=("dense", "adam", "rowwise_adagrad", "sgd"),
+                       help="adam (default), rowwise_adagrad, sgd: a fused optimizer updates the touched rows of the "
+                            "table in the backward (lazy Adam: FusedEmbedding); dense: the table trains with the "
+                            "model's Adam like any parameter (slower)")
     train.add_argument("--embedding-lr", type=float, default=None, help="fused optimizer lr (default: --lr)")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=1024)
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    from .train.experiments import add_compare_parser, add_predict_parsers, add_train_options
+
+    add_train_options(train)
+    add_compare_parser(sub)
+    add_predict_parsers(sub)
 
     sub.add_parser("info", help="print what was built and which backends can run")
     return parser
@@ -96,41 +102,20 @@ class _DataOption(argparse.Action):
 
 
 def load_data(spec: str, samples: int, seed: int):
-    """(train, test) of a data spec; bad specs and unreadable data exit with the reason."""
+    """The splits (train, valid, test) of a data spec; bad specs and unreadable data exit with the reason."""
     from .data import DataFormatError, load, parse_spec
 
     try:
         kind, _, options = parse_spec(spec)
         extra = {}
-        if kind == "synthetic":  # the whole train part trains (no validation split), as before
-            extra = {"valid_fraction": options.get("valid_fraction", 0.0)}
-            if "samples" not in options:
-                extra["samples"] = samples
+        if kind == "synthetic" and "samples" not in options:
+            extra["samples"] = samples
         if "seed" not in options:
             extra["seed"] = seed
         splits = load(spec, log=lambda msg: print(msg, flush=True), **extra)
     except (ValueError, FileNotFoundError, ImportError, DataFormatError) as err:
         raise SystemExit(f"pimm-fast: {err}") from None
-    return splits.train, splits.test
-
-
-def format_table(result: dict) -> str:
-    header = f"{'task':<18}{'AUC':>8}{'oracle AUC':>12}{'logloss':>10}{'positives':>11}"
-    lines = [header, "-" * len(header)]
-    for t, name in enumerate(result["tasks"]):
-        oracle = result["oracle_auc"][t]
-        lines.append(f"{name:<18}{result['auc'][t]:>8.4f}"
-                     f"{'n/a' if math.isnan(oracle) else f'{oracle:.4f}':>12}"
-                     f"{result['logloss'][t]:>10.4f}{result['positives'][t]:>11d}")
-    return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside the target, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    return splits
 
 
 def build_model(args: argparse.Namespace, train):
@@ -143,6 +128,8 @@ def build_model(args: argparse.Namespace, train):
     kwargs = {"embed_dim": args.embed_dim, "backend": args.backend, "task_names": train.task_names}
     if args.tower_dims is not None:
         kwargs["tower_dims"] = args.tower_dims
+    if getattr(args, "dropout", 0.0):
+        kwargs["dropout"] = args.dropout
     if args.embedding_optimizer != "dense":
         kwargs["embedding"] = pimm_fast.FusedEmbedding(
             field_dims, args.embed_dim, optimizer=args.embedding_optimizer, pooling=pooling,
@@ -164,37 +151,27 @@ def build_model(args: argparse.Namespace, train):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import pimm_fast
-    from .train import TrainConfig, evaluate, fit
+    from .train.commands import cmd_train as run
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    train, test = load_data(args.data, args.samples, args.seed)
-    model = build_model(args, train).to(args.device)
-    backend = pimm_fast.ops.resolve_backend(args.backend, args.device)
-    print(f"{type(model).__name__} on {args.data}: {len(train):,} train / {len(test):,} test impressions, "
-          f"{len(train.field_dims)} fields" + (f" + {len(train.bag_names)} multi-valued" if train.bags else "") +
-          f", tasks {' -> '.join(train.task_names)}; "
-          f"backend {backend} on {args.device}, {torch.get_num_threads()} threads, "
-          f"embedding optimizer {args.embedding_optimizer}", flush=True)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         per_step_curriculum=args.per_step_curriculum, progress=not args.no_progress)
+    return run(args)
 
-    def report(epoch: int, record: dict) -> None:
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {record['train_loss']:.4f}, p {record.get('p', 0):.3f}, "
-              f"{record['samples_per_second']:,.0f} samples/s", flush=True)
 
-    history = fit(model, train, config, on_epoch_end=report)
-    result = evaluate(model, test)
-    print("\nheld-out test set\n" + format_table(result))
-    print(f"\ntotal {time.perf_counter() - started:.1f} s")
-    if args.output is not None:
-        write_json_atomic(args.output, {"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                 for k, v in vars(args).items()},
-                                        "backend": backend, "history": history, "test": result})
-    return 0
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .train.experiments import cmd_compare as run
+
+    return run(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train.commands import cmd_evaluate as run
+
+    return run(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .train.commands import cmd_predict as run
+
+    return run(args)
 
 
 def cmd_info(_: argparse.Namespace) -> int:
@@ -205,8 +182,11 @@ def cmd_info(_: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return {"train": cmd_train, "info": cmd_info}[args.command](args)
+    args._argv = argv  # train --resume tells the options given from the defaults
+    return {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "info": cmd_info}[args.command](args)
 
 
 if __name__ == "__main__":
