@@ -133,6 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ckpt.CheckpointError as err:
             fail(str(err))
         config = _resume_config(args, payload)
+        for stale in out.glob(".*.tmp*"):  # what a process killed while writing left behind
+            stale.unlink(missing_ok=True)
         if payload["train_state"].get("finished"):
             fail(f"the run in {out} already finished (epoch {payload['train_state']['epoch']}); nothing to resume "
                  f"(pimm-fast evaluate --checkpoint {out} prints its metrics)")
