@@ -101,7 +101,6 @@ def _explicit_options(argv: Sequence[str]) -> dict:
     for action in sub._actions:
         if action.dest not in ("help",):
             action.default = argparse.SUPPRESS
-    sub.set_defaults(**{k: argparse.SUPPRESS for k in ("_data_options", "_data_base")})
     namespace = parser.parse_args(list(argv))
     return {k: v for k, v in vars(namespace).items() if k in RUN_KEYS}
 
@@ -113,6 +112,7 @@ def _resume_config(args: argparse.Namespace, payload: dict) -> dict:
         if key == "tower_dims" and value is not None:
             value = list(value)
         if key == "data" and value != stored.get("data"):
+            value = value.replace(argparse.SUPPRESS, "")
             fail(f"--resume: the data ({value}) contradicts the checkpoint's {stored.get('data')!r}; "
                  f"leave the data options out to continue that run")
         if stored.get(key) != value:
