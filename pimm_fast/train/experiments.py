@@ -96,7 +96,8 @@ def _models(text: str) -> tuple[str, ...]:
     names = tuple(n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in MODELS]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown) or text!r}; choose from "
+        named = ", ".join(unknown) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(f"unknown model(s) {named}; choose from "
                                          f"{', '.join(MODELS)}")
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"a model is named twice in {text!r}")
