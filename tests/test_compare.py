@@ -65,3 +65,21 @@ def test_compare_checks_its_options(tmp_path, capsys):
         main(["compare", "--models", "pimm", "--samples", "3000", "--monitor", "nope", "--out", str(tmp_path),
               "--no-progress"])
     assert exc.value.code == 2 and "--monitor" in capsys.readouterr().err
+
+
+def test_parallel_runs_give_the_same_results(tmp_path, capsys):
+    """--jobs 2 --threads 2 (two processes of one thread) reproduces one process of one thread, run by run."""
+    common = ["compare", "--models", "shared_bottom,esmm", "--seeds", "2", "--samples", "4000", "--epochs", "1",
+              "--batch-size", "512", "--no-progress"]
+    threads = __import__("torch").get_num_threads()
+    try:
+        assert main([*common, "--out", str(tmp_path / "one"), "--threads", "1"]) == 0
+        assert main([*common, "--out", str(tmp_path / "two"), "--threads", "2", "--jobs", "2"]) == 0
+    finally:
+        __import__("torch").set_num_threads(threads)
+    one, two = (strict_json((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert two["timing"]["jobs"] == 2 and "2 processes x 1 threads" in capsys.readouterr().out
+    for model in one["models"]:
+        for task in one["tasks"]:
+            assert one["models"][model]["tasks"][task]["auc"]["values"] == \
+                two["models"][model]["tasks"][task]["auc"]["values"]

@@ -270,8 +270,10 @@ def write_predictions(path: Path, ids: torch.Tensor, id_names: Sequence[str], pr
                       task_names: Sequence[str]) -> None:
     """Id columns then one ``p_<task>`` column per task, one row per sample in order; CSV or Parquet by
     the file's extension; written to a temporary file and renamed (never half-written)."""
-    import pyarrow as pa
-
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise ValueError("writing predictions needs pyarrow (pip install pyarrow)") from None
     kind = OUTPUT_FORMATS.get(Path(path).suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: the predictions file must end in .csv, .parquet or .pq")
@@ -341,7 +343,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         probs = predict(model, test)
         task_names = list(test.task_names)
     names = list(splits.field_names) or [f"f{i}" for i in range(test.x.shape[1])]
-    write_predictions(Path(args.out), test.x, names, probs, task_names)
+    try:
+        write_predictions(Path(args.out), test.x, names, probs, task_names)
+    except ValueError as err:
+        fail(str(err))
     print(f"wrote {len(test):,} rows x ({len(names)} ids + {len(task_names)} probabilities) to {args.out} "
           f"(model {source})")
     return 0

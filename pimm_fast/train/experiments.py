@@ -160,7 +160,11 @@ def add_compare_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--per-step-curriculum", action="store_true")
     p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda", "triton"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads in all (default: all cores), split among the --jobs processes")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="runs trained at once, each in its own process with threads / jobs threads (default 1); "
+                        "on a machine shared with other work, --jobs 2 --threads 2 beats one 2-thread process")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -216,6 +220,59 @@ def run_one(config: dict, splits, device: str, progress: bool, position: int = 1
             "epochs_run": len(history), "best_epoch": trainer.early["best_epoch"],
             "best_valid": trainer.early["best"], "stopped_early": trainer.early["stopped"],
             "history": curve, "p_trace": [list(x) for x in trainer.p_trace], "test": test}
+
+
+# runs in worker processes (--jobs): each loads the splits once, then trains the runs it is handed
+_WORKER: dict = {}
+
+
+def _init_worker(spec: str, samples: int, split_seed: int, threads: int, slots, progress: bool) -> None:
+    torch.set_num_threads(threads)
+    with slots.get_lock():
+        slot = slots.value
+        slots.value += 1
+    _WORKER.update(splits=load_splits(spec, samples, split_seed), slot=slot, progress=progress)
+
+
+def _worker_run(config: dict, device: str) -> dict:
+    return run_one(config, _WORKER["splits"], device, _WORKER["progress"], position=_WORKER["slot"] + 1)
+
+
+class _Runner:
+    """Runs in this process (jobs = 1) or in a pool of ``jobs`` processes; results come back in order."""
+
+    def __init__(self, args: argparse.Namespace, splits, progress: bool):
+        self.args, self.splits, self.progress = args, splits, progress
+        self.pool = None
+        if args.jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = mp.get_context("spawn")
+            threads = max(1, (args.threads or torch.get_num_threads()) // args.jobs)
+            self.pool = ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_init_worker,
+                                            initargs=(args.data, args.samples, args.split_seed, threads,
+                                                      context.Value("i", 0), progress))
+
+    def map(self, configs: list, done) -> list:
+        if self.pool is None:
+            results = []
+            for config in configs:
+                results.append(run_one(config, self.splits, self.args.device, self.progress))
+                done(results[-1])
+            return results
+        from concurrent.futures import as_completed
+
+        futures = {self.pool.submit(_worker_run, config, self.args.device): i for i, config in enumerate(configs)}
+        results = [None] * len(configs)
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            done(results[futures[future]])
+        return results
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
 
 def summarize(values: Sequence[Optional[float]]) -> dict:
@@ -391,35 +448,34 @@ def cmd_compare(args: argparse.Namespace) -> int:
     total = len(args.models) * (len(seeds) + len(lrs) - 1)
     print(f"compare {', '.join(args.models)} on {args.data}: {len(splits.train):,} train / {len(splits.valid):,} valid "
           f"/ {len(splits.test):,} test rows (split seed {args.split_seed}), seeds {seeds}, {args.epochs} epochs, "
-          f"lr {'sweep ' + ','.join(map(str, lrs)) if args.lr_sweep else lrs[0]}, {torch.get_num_threads()} threads; "
-          f"{total} runs", flush=True)
+          f"lr {'sweep ' + ','.join(map(str, lrs)) if args.lr_sweep else lrs[0]}, {_threads(args)}; {total} runs",
+          flush=True)
     overall = tqdm(total=total, desc="compare", position=0, disable=not progress)
+    runner = _Runner(args, splits, progress)
+
+    def done(result: dict) -> None:
+        overall.update(1)
+        sweep = f"best valid {args.monitor} {_fmt(result['best_valid'])} (epoch {_epoch(result['best_epoch'])}), "
+        tqdm.write(f"{result['model']} seed {result['seed']} lr {result['lr']:g}: {sweep}test AUC "
+                   f"{_fmt(result['test']['auc'][-1])} on {task_names[-1]}, {result['seconds']:.1f} s")
+
     runs: dict[str, list] = {}
     sweeps: dict[str, dict] = {}
     chosen: dict[str, float] = {}
     try:
-        for model in args.models:
-            first = {}
-            for lr in lrs:
-                result = run_one(_run_config(args, model, seeds[0], lr), splits, args.device, progress)
-                first[lr] = result
-                overall.update(1)
-                tqdm.write(f"{model} seed {seeds[0]} lr {lr:g}: best valid {args.monitor} "
-                           f"{_fmt(result['best_valid'])} (epoch {_epoch(result['best_epoch'])}), "
-                           f"test AUC {_fmt(result['test']['auc'][-1])} on {task_names[-1]}, {result['seconds']:.1f} s")
-            scored = {lr: r["best_valid"] for lr, r in first.items() if r["best_valid"] is not None}
-            lr = max(scored, key=scored.get) if scored else lrs[0]
-            chosen[model] = lr
-            sweeps[model] = {repr(k): v["best_valid"] for k, v in first.items()}
-            model_runs = [first[lr]]
-            for seed in seeds[1:]:
-                result = run_one(_run_config(args, model, seed, lr), splits, args.device, progress)
-                model_runs.append(result)
-                overall.update(1)
-                tqdm.write(f"{model} seed {seed} lr {lr:g}: test AUC {_fmt(result['test']['auc'][-1])} on "
-                           f"{task_names[-1]}, {result['seconds']:.1f} s")
-            runs[model] = model_runs
+        # the first seed at every lr (the sweep), then the other seeds at the lr each model chose
+        first = runner.map([_run_config(args, m, seeds[0], lr) for m in args.models for lr in lrs], done)
+        for i, model in enumerate(args.models):
+            by_lr = dict(zip(lrs, first[i * len(lrs):(i + 1) * len(lrs)]))
+            scored = {lr: r["best_valid"] for lr, r in by_lr.items() if r["best_valid"] is not None}
+            chosen[model] = max(scored, key=scored.get) if scored else lrs[0]
+            sweeps[model] = {repr(lr): r["best_valid"] for lr, r in by_lr.items()}
+            runs[model] = [by_lr[chosen[model]]]
+        rest = runner.map([_run_config(args, m, seed, chosen[m]) for m in args.models for seed in seeds[1:]], done)
+        for i, model in enumerate(args.models):
+            runs[model] += rest[i * (len(seeds) - 1):(i + 1) * (len(seeds) - 1)]
     finally:
+        runner.close()
         overall.close()
     summary, best = aggregate(runs, task_names, seeds)
     for model in summary:
@@ -431,7 +487,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     table = format_compare_table(summary, best, task_names, oracle)
     print("\n" + table)
-    print(f"\ntotal {seconds:.1f} s ({total} runs, {torch.get_num_threads()} threads)")
+    print(f"\ntotal {seconds:.1f} s ({total} runs, {_threads(args)})")
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "schema": SCHEMA, "data": args.data, "split_seed": args.split_seed,
@@ -441,14 +497,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "config": _jsonable({k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}),
         "oracle_auc": oracle if any(v is not None for v in oracle.values()) else None,
         "best_model": best, "models": summary,
-        "timing": {"seconds": seconds, "runs": total, "threads": torch.get_num_threads(),
-                   "device": args.device},
+        "timing": {"seconds": seconds, "runs": total, "jobs": args.jobs, "threads": _threads(args),
+                   "device": args.device, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+                   "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
     }
     ckpt.save_json(out / "results.json", _jsonable(results))
     write_csv(out / "results.csv", summary, task_names, seeds)
     plots = write_plots(out, summary, runs, task_names, oracle, args.monitor)
     print(f"wrote {out / 'results.json'}, results.csv" + (", " + ", ".join(plots) if plots else ""))
     return 0
+
+
+def _threads(args: argparse.Namespace) -> str:
+    if args.jobs == 1:
+        return f"{torch.get_num_threads()} threads"
+    per = max(1, (args.threads or torch.get_num_threads()) // args.jobs)
+    return f"{args.jobs} processes x {per} threads"
 
 
 def _fmt(value) -> str:
