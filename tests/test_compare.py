@@ -16,7 +16,7 @@ def strict_json(text):
 def test_compare_writes_table_json_csv_and_plots(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--models", "esmm,pimm", "--seeds", "2", "--data", "synthetic:demo3", "--samples", "5000",
-                 "--epochs", "2", "--batch-size", "512", "--lr-sweep", "0.002,0.01", "--patience", "1",
+                 "--epochs", "2", "--batch-size", "512", "--lr-sweep", "0.002,0.01", "--patience", "1", "--jobs", "1",
                  "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "mean +- std" in text and "p vs best" in text and "oracle" in text and "core_conversion" in text

@@ -80,7 +80,7 @@ PRESETS: dict[str, SyntheticConfig] = {
     # `pimm-fast compare` (docs/experiments.md)
     "funnel": SyntheticConfig(field_dims=(5000, 2000, 1000, 500, 200, 100, 50, 20, 10, 5),
                               rates=(0.10, 0.25, 0.35, 0.30), task_names=("click", "apply", "approve", "activate"),
-                              latent_dim=8, stage_correlation=0.85, signal=2.0, interaction=0.5, zipf=1.05),
+                              latent_dim=8, stage_correlation=0.5, signal=2.0, interaction=0.5, zipf=1.05),
 }
 
 
