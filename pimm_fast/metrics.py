@@ -78,7 +78,6 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     if p.numel() == 0:
         return math.nan
     which = (p * bins).long().clamp(0, bins - 1)
-    count = torch.bincount(which, minlength=bins).double()
     sum_p = torch.bincount(which, weights=p, minlength=bins)
     sum_y = torch.bincount(which, weights=y, minlength=bins)
     return float((sum_p - sum_y).abs().sum() / p.numel())  # n_b |mean_p - mean_y| = |sum_p - sum_y|

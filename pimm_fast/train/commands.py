@@ -3,8 +3,8 @@
 
 A run is described by a JSON-able dict of the options that define it (``RUN_KEYS``); it is stored in
 every checkpoint and in ``config.json``, and a resumed, evaluated or predicting process rebuilds the model
-and the data from it. Options that only change how a process executes (threads, progress, where the
-JSON report goes) are not part of it and may differ on ``--resume``.
+and the data from it. Options that only change how a process executes (threads, device, progress, where
+the JSON report goes) are not part of it and may differ on ``--resume``.
 """
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ RUN_KEYS = ("data", "samples", "model", "backbone", "embedding_optimizer", "embe
             "lr", "weight_decay", "dropout", "embed_dim", "tower_dims", "alpha", "step", "floor",
             "per_step_curriculum", "backend", "seed", "patience", "monitor", "lr_schedule", "lr_gamma",
             "lr_step_epochs", "checkpoint_every")
-# options that only say how this process runs: free to differ on --resume
-EXECUTION_KEYS = ("threads", "no_progress", "output", "device", "resume", "out")
 
 
 def fail(message: str) -> NoReturn:
@@ -128,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     payload = None
     if args.resume is not None:
         out = Path(args.resume)
+        if args.out is not None and Path(args.out) != out:
+            fail(f"--out {args.out} with --resume {out}: a resumed run continues in its own directory")
         try:
             payload = ckpt.load(ckpt.run_checkpoint(out), kind="checkpoint")
         except ckpt.CheckpointError as err:

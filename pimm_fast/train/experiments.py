@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .commands import (EXECUTION_KEYS, _jsonable, build, fail, load_splits, train_config)  # noqa: F401
+from .commands import _jsonable, build, fail, load_splits, train_config
 from .stats import welch_t_test
 from .trainer import LR_SCHEDULES, Trainer, check_monitor, evaluate
 
