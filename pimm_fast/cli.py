@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a cascade model and report per-task AUC on held-out data")
     train.add_argument("--data", default="synthetic:demo", action=_DataOption,
-                       help="data spec (docs/data.md): synthetic[:demo|demo3|aliccp|industrial], aliccp-raw:DIR, "
+                       help="data spec (docs/data.md): synthetic[:demo|demo3|aliccp|industrial|funnel], aliccp-raw:DIR, "
                             "aitm-csv:DIR, rechub-csv:DIR, csv:PATH; options may follow as ?key=value&...")
     train.add_argument("--samples", type=int, default=300_000,
                        help="synthetic impressions (train + test); ignored by file sources")

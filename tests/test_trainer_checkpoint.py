@@ -99,6 +99,7 @@ def test_resume_refuses_contradicting_options_and_finished_runs(run_dir, tmp_pat
     # the same values as stored, and execution options, are fine; this run is finished though
     fails_with(capsys, ["train", "--resume", str(run_dir), "--lr", "0.002", "--threads", "1"], "already finished")
     fails_with(capsys, ["train", *RUN, "--out", str(run_dir)], "already holds a run")
+    fails_with(capsys, ["train", "--resume", str(run_dir), "--out", str(tmp_path / "x")], "its own directory")
     assert snapshot(run_dir) == before
     fails_with(capsys, ["train", "--samples", "2000", "--checkpoint-every", "2", "--no-progress"], "needs --out")
     fails_with(capsys, ["train", "--samples", "2000", "--monitor", "purchase", "--no-progress"], "--monitor")
