@@ -1,4 +1,7 @@
-"""Command line: ``pimm-fast train`` (also ``python -m pimm_fast train``), ``info`` and ``cache``.
+"""Command line: ``pimm-fast train | compare | evaluate | predict | info | cache`` (also ``python -m pimm_fast``).
+
+The experiment verbs (train, compare, evaluate, predict) live in :mod:`pimm_fast.train.commands` and
+:mod:`pimm_fast.train.experiments`; this module declares options, checks them and dispatches.
 
 User errors (bad options, unreadable data, a diverging run) print one line ``pimm-fast: error: ...`` on
 stderr and exit 2, never a traceback; every option is checked before any data are read.
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a cascade model and report per-task AUC on held-out data")
     train.add_argument("--data", default="synthetic:demo", action=_DataOption,
-                       help="data spec (docs/data.md): synthetic[:demo|demo3|aliccp|industrial], aliccp-raw:DIR, "
+                       help="data spec (docs/data.md): synthetic[:demo|demo3|aliccp|industrial|funnel], aliccp-raw:DIR, "
                             "aitm-csv:DIR, rechub-csv:DIR, csv:PATH; options may follow as ?key=value&...")
     train.add_argument("--samples", type=int, default=300_000,
                        help="synthetic impressions (train + test); ignored by file sources")
@@ -68,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pimm, shared_bottom, esmm, mmoe, ple, aitm or mncm (default: pimm)")
     train.add_argument("--backbone", default=None, choices=("towers", "mmoe", "ple"),
                        help="pimm only: what feeds the towers (default: towers, as in the paper)")
-    train.add_argument("--embedding-optimizer", default="dense", choices=("dense", "adam", "rowwise_adagrad", "sgd"),
-                       help="dense: the table trains with the model's Adam; else a fused optimizer updates the "
-                            "touched rows in the backward (lazy Adam, row-wise Adagrad, SGD)")
+    train.add_argument("--embedding-optimizer", default="adam", choices=("dense", "adam", "rowwise_adagrad", "sgd"),
+                       help="adam (default), rowwise_adagrad, sgd: a fused optimizer updates the touched rows of the "
+                            "table in the backward (lazy Adam: FusedEmbedding); dense: the table trains with the "
+                            "model's Adam like any parameter (slower)")
     train.add_argument("--embedding-lr", type=float, default=None, help="fused optimizer lr (default: --lr)")
     train.add_argument("--epochs", type=int, default=3)
     train.add_argument("--batch-size", type=int, default=1024)
@@ -88,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    from .train.experiments import add_compare_parser, add_predict_parsers, add_train_options
+
+    add_train_options(train)
+    add_compare_parser(sub)
+    add_predict_parsers(sub)
 
     sub.add_parser("info", help="print what was built and which backends can run")
     cache = sub.add_parser("cache", help="list or clear the cache of preprocessed data files")
@@ -122,10 +131,8 @@ def _load_options(spec: str, samples: int, seed: int) -> dict:
 
     kind, _, options = parse_spec(spec)
     extra = {}
-    if kind == "synthetic":  # the whole train part trains (no validation split), as before
-        extra = {"valid_fraction": options.get("valid_fraction", 0.0)}
-        if "samples" not in options:
-            extra["samples"] = samples
+    if kind == "synthetic" and "samples" not in options:
+        extra["samples"] = samples
     if "seed" not in options and accepts(kind, "seed"):  # rechub-csv has fixed splits: no seed
         extra["seed"] = seed
     return extra
@@ -148,7 +155,7 @@ def check_data_spec(spec: str, samples: int = 1, seed: int = 0) -> None:
 
 
 def load_data(spec: str, samples: int, seed: int):
-    """(train, test) of a data spec; bad specs and unreadable data raise UsageError with the reason. The
+    """The splits (train, valid, test) of a data spec; bad specs and unreadable data raise UsageError with the reason. The
     drop report (every dropped or altered row, by reason and split) is printed and kept in
     ``train.meta['report']``."""
     from .data import DataFormatError, load
@@ -160,29 +167,7 @@ def load_data(spec: str, samples: int, seed: int):
     for line in splits.report_lines():
         print(f"data: {line}", flush=True)
     splits.train.meta["report"] = splits.report
-    return splits.train, splits.test
-
-
-def format_table(result: dict) -> str:
-    header = f"{'task':<18}{'AUC':>8}{'oracle AUC':>12}{'logloss':>10}{'positives':>11}"
-    lines = [header, "-" * len(header)]
-    for t, name in enumerate(result["tasks"]):
-        oracle = result["oracle_auc"][t]
-        lines.append(f"{name:<18}{result['auc'][t]:>8.4f}"
-                     f"{'n/a' if math.isnan(oracle) else f'{oracle:.4f}':>12}"
-                     f"{result['logloss'][t]:>10.4f}{result['positives'][t]:>11d}")
-    return "\n".join(lines)
-
-
-def _finite_json(value):
-    """NaN / inf (e.g. the AUC of a task without positives) become null: the file stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_json(v) for v in value]
-    return value
+    return splits
 
 
 def check_output_path(path: Optional[Path], option: str = "--output") -> None:
@@ -203,19 +188,6 @@ def check_output_path(path: Optional[Path], option: str = "--output") -> None:
         raise UsageError(f"{option} {path}: cannot create files in {parent} (no write permission)")
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary file beside the target, then rename: never a half-written file (the temporary
-    file is removed if anything fails)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(_finite_json(payload), indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def build_model(args: argparse.Namespace, train):
     """The model named by --model over the data's fields, with the fused embedding if asked for."""
     import pimm_fast
@@ -228,6 +200,8 @@ def build_model(args: argparse.Namespace, train):
         kwargs.update(num_dense=train.num_dense, dense_names=train.dense_names)
     if args.tower_dims is not None:
         kwargs["tower_dims"] = args.tower_dims
+    if getattr(args, "dropout", 0.0):
+        kwargs["dropout"] = args.dropout
     if args.embedding_optimizer != "dense":
         kwargs["embedding"] = pimm_fast.FusedEmbedding(
             field_dims, args.embed_dim, optimizer=args.embedding_optimizer, pooling=pooling,
@@ -308,41 +282,31 @@ def check_train_args(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import pimm_fast
-    from .train import TrainConfig, evaluate, fit
+    from .train.commands import cmd_train as run
 
-    check_train_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
-    train, test = load_data(args.data, args.samples, args.seed)
-    model = build_model(args, train).to(args.device)
-    backend = pimm_fast.ops.resolve_backend(args.backend, args.device)
-    print(f"{type(model).__name__} on {args.data}: {len(train):,} train / {len(test):,} test impressions, "
-          f"{len(train.field_dims)} fields" + (f" + {len(train.bag_names)} multi-valued" if train.bags else "") +
-          (f" + {train.num_dense} dense" if train.dense is not None else "") +
-          f", tasks {' -> '.join(train.task_names)}; "
-          f"backend {backend} on {args.device}, {torch.get_num_threads()} threads, "
-          f"embedding optimizer {args.embedding_optimizer}", flush=True)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         per_step_curriculum=args.per_step_curriculum, progress=not args.no_progress)
+    if getattr(args, "resume", None) is None:  # a resumed run's options come from its checkpoint
+        check_train_args(args)
+    else:
+        check_output_path(args.output)
+    return run(args)
 
-    def report(epoch: int, record: dict) -> None:
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {record['train_loss']:.4f}, p {record.get('p', 0):.3f}, "
-              f"{record['samples_per_second']:,.0f} samples/s", flush=True)
 
-    history = fit(model, train, config, on_epoch_end=report)
-    result = evaluate(model, test)
-    print("\nheld-out test set\n" + format_table(result))
-    print(f"\ntotal {time.perf_counter() - started:.1f} s")
-    if args.output is not None:
-        write_json_atomic(args.output, {"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                 for k, v in vars(args).items()},
-                                        "backend": backend, "history": history, "test": result,
-                                        "data": {"report": train.meta.get("report", {}),
-                                                 "dense_names": list(train.dense_names)}})
-    return 0
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .train.experiments import cmd_compare as run
+
+    return run(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train.commands import cmd_evaluate as run
+
+    return run(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .train.commands import cmd_predict as run
+
+    return run(args)
 
 
 def cmd_info(_: argparse.Namespace) -> int:
@@ -379,9 +343,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run a command; user errors print ``pimm-fast: error: ...`` (one line) and return 2."""
     from .data import DataFormatError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-        return {"train": cmd_train, "info": cmd_info, "cache": cmd_cache}[args.command](args)
+        args._argv = argv  # train --resume tells the options given from the defaults
+        return {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate, "predict": cmd_predict,
+                "info": cmd_info, "cache": cmd_cache}[args.command](args)
     except (UsageError, DataFormatError, FloatingPointError) as err:  # FloatingPointError: TrainingDiverged
         message = " ".join(str(err).split())  # one line, whatever the message held
         print(f"pimm-fast: error: {message}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """One spec string per data source: ``load(spec, ...)`` returns :class:`Splits` ready for the batcher.
 
-    synthetic[:PRESET]      demo (default), demo3, aliccp, industrial          (generated, never cached)
+    synthetic[:PRESET]      demo (default), demo3, aliccp, industrial, funnel  (generated, never cached)
     aliccp-raw:DIR          sample_skeleton_{train,test}.csv + common_features_{train,test}.csv
     aitm-csv:DIR            AITM's ctr_cvr.{train,dev,test} or PaddleRec's train.csv + test.csv
     rechub-csv:DIR          torch-rechub's ali_ccp_{train,val,test}*.csv

@@ -74,6 +74,13 @@ PRESETS: dict[str, SyntheticConfig] = {
     "industrial": SyntheticConfig(field_dims=(1_000_000, 200_000, 50_000, 10_000, 2_000, 500, 100, 50, 20, 10, 5, 3),
                                   rates=(0.05, 0.1, 0.3), task_names=("click", "conversion", "core_conversion"),
                                   latent_dim=12, signal=1.5, interaction=0.4, zipf=1.1),
+    # a 4-stage funnel whose last stage is rare (about 0.25 % of impressions): its marginal is the product of
+    # four conditionals that share most of their drivers (rho = 0.85), so a model that carries what it learnt
+    # on the frequent early stages to the rare late ones has something to gain; the benchmark of
+    # `pimm-fast compare` (docs/experiments.md)
+    "funnel": SyntheticConfig(field_dims=(5000, 2000, 1000, 500, 200, 100, 50, 20, 10, 5),
+                              rates=(0.10, 0.25, 0.35, 0.30), task_names=("click", "apply", "approve", "activate"),
+                              latent_dim=8, stage_correlation=0.5, signal=2.0, interaction=0.5, zipf=1.05),
 }
 
 

@@ -1,5 +1,6 @@
-"""Training loop, evaluation and metrics."""
-from ..metrics import auc
-from .trainer import TrainConfig, evaluate, fit, predict
+"""Training loop (early stopping, lr schedules, exact-resume checkpoints), evaluation, experiments."""
+from ..metrics import auc, cascade_metrics
+from .checkpoint import CheckpointError
+from .trainer import TrainConfig, Trainer, evaluate, fit, predict
 
-__all__ = ["auc", "TrainConfig", "evaluate", "fit", "predict"]
+__all__ = ["auc", "cascade_metrics", "CheckpointError", "TrainConfig", "Trainer", "evaluate", "fit", "predict"]
