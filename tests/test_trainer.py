@@ -120,7 +120,7 @@ def test_train_config_checks():
 
 
 def test_batches_with_dense_features_reach_the_model(small, monkeypatch):
-    """model_input may return (x, y, dense): dense goes to the model only when it is not None."""
+    """model_input returns (x, y, dense): dense goes to the model only when it is not None."""
     train, _ = small
     inner = tiny_model(train)
     seen = []
@@ -139,10 +139,10 @@ def test_batches_with_dense_features_reach_the_model(small, monkeypatch):
 
     original = trainer_module.model_input
     dense = torch.ones(1)
-    monkeypatch.setattr(trainer_module, "model_input", lambda b, d: (*original(b, d), dense))
+    monkeypatch.setattr(trainer_module, "model_input", lambda b, d: (*original(b, d)[:2], dense))
     fit(WithDense(), train, TrainConfig(epochs=1, batch_size=1024, progress=False))
     assert seen and all(d is dense for d in seen)
     seen.clear()
-    monkeypatch.setattr(trainer_module, "model_input", lambda b, d: (*original(b, d), None))
+    monkeypatch.setattr(trainer_module, "model_input", lambda b, d: (*original(b, d)[:2], None))
     fit(WithDense(), train, TrainConfig(epochs=1, batch_size=1024, progress=False))
     assert seen and all(d is None for d in seen)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
 import torch
 
+from ..errors import UsageError
 from . import checkpoint as ckpt
 from .trainer import TrainConfig, Trainer, check_monitor, evaluate, predict
 
@@ -29,9 +29,8 @@ RUN_KEYS = ("data", "samples", "model", "backbone", "embedding_optimizer", "embe
 
 
 def fail(message: str) -> NoReturn:
-    """A user error: one line on stderr, exit status 2, no traceback."""
-    print(f"pimm-fast: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    """A user error: ``pimm_fast.cli.main`` prints it as one line on stderr and returns 2, no traceback."""
+    raise UsageError(message)
 
 
 def run_config(args: argparse.Namespace) -> dict:
