@@ -244,8 +244,8 @@ def check_labels_meta(labels: torch.Tensor, num_tasks: int) -> None:
         raise TypeError(f"labels must be a float, integer or bool tensor, got {labels.dtype}")
 
 
-def check_labels_values(labels: torch.Tensor) -> None:
-    """Labels are 0/1 (no NaN) and obey the cascade: y_t = 1 implies y_{t-1} = 1."""
+def check_labels_values(labels: torch.Tensor, cascade: bool = True) -> None:
+    """Labels are 0/1 (no NaN) and, with ``cascade``, obey the cascade: y_t = 1 implies y_{t-1} = 1."""
     bad = (labels != 0) & (labels != 1)
 
     def bad_value() -> str:
@@ -253,7 +253,7 @@ def check_labels_values(labels: torch.Tensor) -> None:
         return f"labels must be 0 or 1: got {labels[r, t].item()} at row {r}, task {t}"
 
     require(~bad.any(), ValueError, "labels must be 0 or 1", bad_value)
-    if labels.shape[1] < 2:
+    if not cascade or labels.shape[1] < 2:
         return
     broken = labels[:, 1:] > labels[:, :-1]
 
