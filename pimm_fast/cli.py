@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
 
+    export = sub.add_parser("export", help="export a trained run's model as one .pt2 file (AOTInductor), for "
+                                            "predict --model, Python or C++ serving (docs/serving.md)")
+    export.add_argument("--checkpoint", type=Path, required=True, help="the run directory (--out of train)")
+    export.add_argument("--out", type=Path, required=True, help="the package to write (.pt2)")
+    export.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda"),
+                        help="kernels the package calls (auto: the fused kernels of --device, never the reference)")
+    export.add_argument("--device", default="cpu", help="device the package runs on (cpu or cuda)")
+
     sub.add_parser("info", help="print what was built and which backends can run")
     return parser
 
@@ -206,6 +214,10 @@ def cmd_info(_: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "export":
+        from .export import cmd_export
+
+        return cmd_export(args)
     return {"train": cmd_train, "info": cmd_info}[args.command](args)
 
 

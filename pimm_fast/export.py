@@ -409,40 +409,61 @@ def _selfcheck_models(device: str) -> dict[str, nn.Module]:
     return {name: m.to(device).eval() for name, m in models.items()}
 
 
-def _selfcheck(device: str, out_dir: Path, fast: bool) -> int:
-    import subprocess
-    import sys
+SELFCHECK_BATCHES = (1, 7, 4096)
+
+
+def _export_for_selfcheck(device: str, out_dir: Path, names: Sequence[str], fast: bool) -> None:
+    """Export the named self-check models to out_dir/<name>.pt2 with their eager outputs per batch size."""
     import time
 
     configs = {"aot_inductor.compile_wrapper_opt_level": "O0"} if fast else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cases = []
-    for name, model in _selfcheck_models(device).items():
-        started = time.perf_counter()
+    models = _selfcheck_models(device)
+    for name in names:
+        model, started = models[name], time.perf_counter()
         package = save(model, out_dir / f"{name}.pt2", inductor_configs=configs)
         g = torch.Generator().manual_seed(1)
-        for batch in (1, 7, 4096):
+        for batch in SELFCHECK_BATCHES:
             ids = torch.stack([torch.randint(0, d, (batch,), generator=g) for d in model.embedding.field_dims], 1)
             with torch.no_grad():
                 expected = model(ids.to(device)).cpu()
             torch.save({"ids": ids, "expected": expected}, out_dir / f"{name}-{batch}.pt")
-            cases.append((name, batch))
         print(f"exported {name} in {time.perf_counter() - started:.1f} s -> {package}", flush=True)
-    # Load and compare in a fresh process: nothing of the export process (model classes, caches) helps.
+
+
+def selfcheck(device: str, out_dir: Path, fast: bool = False, jobs: int = 1,
+              names: Optional[Sequence[str]] = None) -> int:
+    """Export every model class (PIMM on each backbone, the six baselines) on ``device``, then load each
+    package in a fresh process and compare it with the eager model at batch 1, 7 and 4096 (max abs
+    difference <= 1e-6). ``jobs`` > 1 compiles in that many processes. Returns 0 when all match."""
+    import subprocess
+    import sys
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(names) if names is not None else list(_selfcheck_models("cpu"))
+    if jobs <= 1:
+        _export_for_selfcheck(device, out_dir, names, fast)
+    else:
+        workers = [subprocess.Popen([sys.executable, "-m", "pimm_fast.export", "--selfcheck", "--device", device,
+                                     "--out", str(out_dir), "--export-only", ",".join(names[i::jobs])]
+                                    + (["--fast"] if fast else [])) for i in range(min(jobs, len(names)))]
+        if any(w.wait() != 0 for w in workers):
+            return 1
+    # Load and compare in a fresh process: nothing of the exporting process (model classes, caches) helps.
     code = (
         "import sys, torch, pimm_fast.export as px\n"
-        "out, device, worst = sys.argv[1], sys.argv[2], 0.0\n"
-        f"cases = {cases!r}\n"
-        "loaded = {}\n"
-        "for name, batch in cases:\n"
-        "    fn = loaded.setdefault(name, px.load(f'{out}/{name}.pt2', device=device))\n"
-        "    case = torch.load(f'{out}/{name}-{batch}.pt')\n"
-        "    err = (fn(case['ids']).cpu() - case['expected']).abs().max().item()\n"
-        "    worst = max(worst, err)\n"
-        "    print(f'{name:>14} batch {batch:>5}: max |package - eager| = {err:.2e}', flush=True)\n"
-        "    assert err <= 1e-6, (name, batch, err)\n"
-        "print(f'all {len(cases)} cases within 1e-6 (worst {worst:.2e})')\n")
-    return subprocess.call([sys.executable, "-c", code, str(out_dir), device])
+        "out, device, names, worst = sys.argv[1], sys.argv[2], sys.argv[3].split(','), 0.0\n"
+        f"batches = {SELFCHECK_BATCHES!r}\n"
+        "for name in names:\n"
+        "    fn = px.load(f'{out}/{name}.pt2', device=device)\n"
+        "    for batch in batches:\n"
+        "        case = torch.load(f'{out}/{name}-{batch}.pt')\n"
+        "        err = (fn(case['ids']).cpu() - case['expected']).abs().max().item()\n"
+        "        worst = max(worst, err)\n"
+        "        print(f'{name:>14} batch {batch:>5}: max |package - eager| = {err:.2e}', flush=True)\n"
+        "        assert err <= 1e-6, (name, batch, err)\n"
+        "print(f'all {len(names) * len(batches)} cases within 1e-6 (worst {worst:.2e})')\n")
+    return subprocess.call([sys.executable, "-c", code, str(out_dir), device, ",".join(names)])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -455,11 +476,84 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="keep the packages here (default: a temp dir)")
     parser.add_argument("--fast", action="store_true", help="compile the C++ wrapper at -O0 (half the compile time)")
+    parser.add_argument("--jobs", type=int, default=1, help="export in this many processes")
+    parser.add_argument("--export-only", default=None, help=argparse.SUPPRESS)  # a worker of --jobs
     args = parser.parse_args(argv)
+    if args.export_only is not None:
+        _export_for_selfcheck(args.device, args.out, args.export_only.split(","), args.fast)
+        return 0
     if args.out is not None:
-        return _selfcheck(args.device, args.out, args.fast)
+        return selfcheck(args.device, args.out, args.fast, args.jobs)
     with tempfile.TemporaryDirectory() as tmp:
-        return _selfcheck(args.device, Path(tmp), args.fast)
+        return selfcheck(args.device, Path(tmp), args.fast, args.jobs)
+
+
+# ----------------------------------------------------------------------------------------------
+# pimm-fast export --checkpoint DIR --out model.pt2
+# ----------------------------------------------------------------------------------------------
+def _fail(message: str):
+    import sys
+
+    print(f"pimm-fast: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _checkpoint_file(directory: Path) -> Path:
+    """The model checkpoint of a run directory (its best epoch where the run kept one), or the file given."""
+    if directory.is_file():
+        return directory
+    for name in ("best.pt", "checkpoint.pt"):
+        if (directory / name).is_file():
+            return directory / name
+    _fail(f"{directory}: no checkpoint.pt (or best.pt) in it; pass the --out directory of `pimm-fast train`")
+
+
+def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu"):
+    """(model, field_names) rebuilt from a training run's checkpoint: ``{"model": state_dict, "config":
+    run options}``. The model is built by the CLI's own ``build_model`` over the run's data (its train
+    split gives the fields, tasks and bags), then the weights are loaded."""
+    import argparse
+
+    from . import cli
+
+    path = _checkpoint_file(Path(directory))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (any unreadable file is a user error here)
+        _fail(f"{path}: cannot read the checkpoint ({str(exc).splitlines()[0][:200]})")
+    if not isinstance(payload, dict) or "model" not in payload or not payload.get("config"):
+        _fail(f"{path}: not a pimm-fast training checkpoint (expected the keys 'model' and 'config')")
+    config = dict(payload["config"])
+    defaults = vars(cli.build_parser().parse_args(["train"]))  # options older runs did not record
+    args = argparse.Namespace(**{**defaults, **config})
+    if isinstance(args.tower_dims, list):
+        args.tower_dims = tuple(args.tower_dims)
+    train, _ = cli.load_data(args.data, args.samples, args.seed)
+    torch.manual_seed(args.seed)
+    model = cli.build_model(args, train)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        _fail(f"{path} does not fit the model its configuration names: {str(err).splitlines()[0][:200]}")
+    return model.to(device).eval(), list(train.meta.get("field_names", ())) or None
+
+
+def cmd_export(args) -> int:
+    """``pimm-fast export``: a run's checkpoint -> an AOTInductor package."""
+    import time
+
+    if args.out.suffix != ".pt2":
+        _fail(f"--out must name a .pt2 file, got {args.out}")
+    model, field_names = model_from_checkpoint(args.checkpoint, args.device)
+    started = time.perf_counter()
+    try:
+        save(model, args.out, backend=args.backend, field_names=field_names)
+    except ExportError as err:
+        _fail(str(err))
+    meta = read_metadata(args.out)
+    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields, tasks {' -> '.join(meta['task_names'])}, "
+          f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
