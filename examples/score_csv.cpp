@@ -1,6 +1,9 @@
 // score_csv: score a CSV of ids with a pimm_fast package (.pt2), from C++ only.
 //
-//   score_csv MODEL.pt2 PIMM_FAST_LIBRARY.so IDS.csv [--threads N]
+//   score_csv MODEL.pt2 PIMM_FAST_LIBRARY.so IDS.csv [--threads N] [--bench ROUNDS]
+//
+// --bench ROUNDS: instead of printing probabilities, score the whole CSV as one batch ROUNDS times
+// (after 10 warm-up runs) and print the latency p50 / p99 and the throughput on stdout.
 //
 // IDS.csv: one row per impression, the F id columns in the model's field order (then the K dense
 // values when the model has dense features; empty or "nan" = missing). A first line that is not numeric
@@ -14,7 +17,9 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -112,12 +117,18 @@ Batch read_csv(const std::string& path, const std::vector<int64_t>& field_dims, 
 
 int run(int argc, char** argv) {
   if (argc < 4) {
-    std::cerr << "usage: " << argv[0] << " MODEL.pt2 PIMM_FAST_LIBRARY.so IDS.csv [--threads N]\n";
+    std::cerr << "usage: " << argv[0] << " MODEL.pt2 PIMM_FAST_LIBRARY.so IDS.csv [--threads N] [--bench ROUNDS]\n";
     return 2;
   }
   const std::string model_path = argv[1], library_path = argv[2], csv_path = argv[3];
-  for (int i = 4; i + 1 < argc; i += 2) {
-    if (std::string(argv[i]) == "--threads") at::set_num_threads(std::stoi(argv[i + 1]));
+  int bench_rounds = 0;
+  for (int i = 4; i < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc || (flag != "--threads" && flag != "--bench")) {
+      throw std::invalid_argument("unknown or incomplete option '" + flag + "' (--threads N, --bench ROUNDS)");
+    }
+    if (flag == "--threads") at::set_num_threads(std::stoi(argv[i + 1]));
+    if (flag == "--bench") bench_rounds = std::stoi(argv[i + 1]);
   }
   // pimm_fast's library defines the op schemas (TORCH_LIBRARY) and registers the kernels the package calls.
   if (dlopen(library_path.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
@@ -137,6 +148,21 @@ int run(int argc, char** argv) {
   const auto fields = static_cast<int64_t>(field_dims.size());
   std::vector<at::Tensor> inputs{at::from_blob(batch.ids.data(), {batch.rows, fields}, at::kLong).clone()};
   if (num_dense) inputs.push_back(at::from_blob(batch.dense.data(), {batch.rows, num_dense}, at::kFloat).clone());
+  if (bench_rounds > 0) {
+    for (int i = 0; i < 10; ++i) loader.run(inputs);
+    std::vector<double> ms;
+    for (int i = 0; i < bench_rounds; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      loader.run(inputs);
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    const double p50 = ms[ms.size() / 2], p99 = ms[std::min(ms.size() - 1, ms.size() * 99 / 100)];
+    std::printf("batch %lld: p50 %.4f ms, p99 %.4f ms, %.0f rows/s (%d rounds, %d threads)\n",
+                static_cast<long long>(batch.rows), p50, p99, batch.rows / (p50 / 1e3), bench_rounds,
+                at::get_num_threads());
+    return 0;
+  }
   const auto outputs = loader.run(inputs);
   const at::Tensor probs = outputs.at(0).contiguous().to(at::kFloat);
   TORCH_CHECK(probs.dim() == 2 && probs.size(0) == batch.rows && probs.size(1) == static_cast<int64_t>(tasks.size()),
