@@ -357,14 +357,12 @@ class ExportedModel:
 
     def __call__(self, ids: torch.Tensor, dense: Optional[torch.Tensor] = None) -> torch.Tensor:
         ids = ids.to(self.device) if isinstance(ids, torch.Tensor) else ids
-        if isinstance(dense, torch.Tensor):
-            dense = dense.to(self.device, torch.float32)
+        dense = dense.to(self.device) if isinstance(dense, torch.Tensor) else dense
         self.check(ids, dense)
-        ids = ids.contiguous()
         with torch.no_grad():
             if self.num_dense:
-                return self._runner(ids, dense.contiguous())
-            return self._runner(ids)
+                return self._runner(ids.contiguous(), dense.to(torch.float32).contiguous())
+            return self._runner(ids.contiguous())
 
 
 def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> ExportedModel:

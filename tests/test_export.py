@@ -69,6 +69,18 @@ def test_every_model_class_matches_eager_in_a_fresh_process(selfcheck_dir):
     assert f"all {len(names) * len(px.SELFCHECK_BATCHES)} cases within 1e-6" in log
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and backends.cuda_compiled()),
+                    reason="needs a CUDA device and the CUDA kernels")
+def test_every_model_class_on_cuda(tmp_path):
+    """The same self-check with CUDA packages (the GPU check script runs it, or the CLI form
+    `python -m pimm_fast.export --selfcheck --device cuda`)."""
+    result = subprocess.run([sys.executable, "-m", "pimm_fast.export", "--selfcheck", "--device", "cuda", "--fast",
+                             "--out", str(tmp_path)], capture_output=True, text=True, env=_env())
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "all 27 cases within 1e-6" in result.stdout
+
+
 def test_metadata(pimm_package, loaded):
     meta = px.read_metadata(pimm_package)
     assert meta == loaded.metadata
@@ -145,6 +157,35 @@ def test_cuda_package_on_cpu_is_refused(pimm_package):
         px.load(pimm_package, device="cuda")
 
 
+@needs_cpp
+def test_model_with_dense_features(tmp_path):
+    """Dense features [B, K] travel into the package with the model's training statistics."""
+    import inspect
+
+    if "num_dense" not in inspect.signature(pimm_fast.PIMM.__init__).parameters:
+        pytest.skip("the models take no dense features in this tree")
+    model = pimm_fast.PIMM([5, 6], num_tasks=2, num_dense=2)
+    raw = torch.randn(64, 2) * 3 + 1
+    raw[0, 1] = float("nan")
+    model.dense_input.fit(raw)
+    model.eval()
+    path = px.save(model, tmp_path / "dense.pt2", inductor_configs={"aot_inductor.compile_wrapper_opt_level": "O0"})
+    fn = px.load(path)
+    meta = fn.metadata
+    assert meta["num_dense"] == 2 and meta["dense_names"] == list(model.dense_input.names)
+    assert torch.allclose(torch.tensor(meta["dense_mean"]), model.dense_input.mean.double().float())
+    assert torch.allclose(torch.tensor(meta["dense_std"]), model.dense_input.std.double().float())
+    ids = torch.stack([torch.randint(0, 5, (9,)), torch.randint(0, 6, (9,))], 1)
+    dense = raw[:9]
+    assert (fn(ids, dense) - model(ids, dense=dense)).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match="takes 2 dense features"):
+        fn(ids)
+    with pytest.raises(ValueError, match=r"dense must be \[B, K\] = \[9, 2\]"):
+        fn(ids, dense[:, :1])
+    with pytest.raises(TypeError, match="dense must be a float tensor"):
+        fn(ids, dense.long())
+
+
 # ---------------------------------------------------------------------------------------------
 # what save refuses (all before the C++ compile)
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +234,13 @@ def test_schemas_come_from_one_file_with_all_three_overloads():
             assert registered == str(torch._C.parse_schema(f"pimm_fast::{name}.{backend}{schema}")), registered
     assert str(torch.ops.pimm_fast.validate_labels.default._schema) == \
         "pimm_fast::validate_labels(Tensor labels, int num_tasks, bool cascade=True) -> Tensor"
+
+
+def test_has_op_knows_which_triton_kernels_exist():
+    from pimm_fast.ops import triton_impl
+
+    assert set(triton_impl._MODULES) == schemas.TRITON_KERNELS  # update both when a Triton kernel lands
+    assert schemas.has_op("embedding_concat", "triton") and schemas.has_op("embedding_bags_concat", "cpp")
 
 
 def test_schema_file_parse_errors():
