@@ -6,7 +6,8 @@ the Ali-CCP configuration (18 fields, 1.4 M embedding rows, towers [128, 64, 32]
     python -m benchmarks.test_bench_serving [--rounds N] [--score-csv BUILD/score_csv]
                                                                    # p50 / p99 / rows/s table of docs/serving.md
 
-The package is exported once per process (AOTInductor compiles C++: ~25-60 s). With --score-csv the
+The providers take turns call by call (a busy moment of a shared machine slows them alike); the C++
+program runs after them, in its own process. The package is exported once per process (AOTInductor compiles C++: ~25-60 s). With --score-csv the
 table adds the C++ example program (examples/score_csv.cpp --bench), the package run without Python.
 """
 from __future__ import annotations
@@ -86,17 +87,24 @@ def test_serving_latency(benchmark, served, provider, batch):
 # ---------------------------------------------------------------------------------------------------
 # python -m benchmarks.test_bench_serving: the table of docs/serving.md
 # ---------------------------------------------------------------------------------------------------
-def _measure(fn, ids, rounds: int) -> tuple[float, float]:
-    times = []
+def _measure(runners: dict, ids, rounds: int) -> dict[str, tuple[float, float]]:
+    """p50 and p99 (ms) per provider. The providers take turns call by call, so that a busy period of a
+    shared machine slows them alike and the ratios stay comparable."""
+    times = {name: [] for name in runners}
     with torch.no_grad():
-        for _ in range(10):
-            fn(ids)
+        for fn in runners.values():
+            for _ in range(10):
+                fn(ids)
         for _ in range(rounds):
-            start = time.perf_counter()
-            fn(ids)
-            times.append(time.perf_counter() - start)
-    times.sort()
-    return 1e3 * times[len(times) // 2], 1e3 * times[min(len(times) - 1, len(times) * 99 // 100)]
+            for name, fn in runners.items():
+                start = time.perf_counter()
+                fn(ids)
+                times[name].append(time.perf_counter() - start)
+    out = {}
+    for name, values in times.items():
+        values.sort()
+        out[name] = (1e3 * values[len(values) // 2], 1e3 * values[min(len(values) - 1, len(values) * 99 // 100)])
+    return out
 
 
 def main(argv=None) -> int:
@@ -121,8 +129,7 @@ def main(argv=None) -> int:
         for batch in BATCHES:
             ids = zipf_ids(batch)
             rounds = max(20, args.rounds // (1 + batch // 1024))
-            for provider, fn in runners.items():
-                p50, p99 = _measure(fn, ids, rounds)
+            for provider, (p50, p99) in _measure(runners, ids, rounds).items():
                 print(f"| {batch} | {provider} | {p50:.3f} | {p99:.3f} | {batch / (p50 / 1e3):,.0f} |", flush=True)
             if args.score_csv is not None:
                 csv = Path(tmp) / f"ids{batch}.csv"
