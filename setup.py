@@ -130,4 +130,6 @@ def extensions():
 
 
 ext_modules, cmdclass = extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+# schemas.def: the op schema list, read by the C++ build (register.cpp includes it) and by Python when the
+# compiled library is not loaded (pimm_fast/ops/schemas.py), so it ships with the package.
+setup(ext_modules=ext_modules, cmdclass=cmdclass, package_data={"pimm_fast": ["ops/schemas.def"]})

@@ -53,4 +53,8 @@ PIMM_FAST_DECLARE_KERNELS
 
 #undef PIMM_FAST_DECLARE_KERNELS
 
+// Labels [B, T]: 0/1 and, with cascade, y_t <= y_{t-1}; returns a float32 copy. ATen ops only: one
+// kernel for every device (csrc/cpu/validate_labels.cpp).
+at::Tensor validate_labels(const at::Tensor& labels, int64_t num_tasks, bool cascade);
+
 }  // namespace pimm_fast

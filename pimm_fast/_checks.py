@@ -245,7 +245,7 @@ def check_labels_meta(labels: torch.Tensor, num_tasks: int) -> None:
 
 
 def check_labels_values(labels: torch.Tensor, cascade: bool = True) -> None:
-    """Labels are 0/1 (no NaN) and, with ``cascade``, obey it: y_t = 1 implies y_{t-1} = 1."""
+    """Labels are 0/1 (no NaN) and, with ``cascade``, obey the cascade: y_t = 1 implies y_{t-1} = 1."""
     bad = (labels != 0) & (labels != 1)
 
     def bad_value() -> str:

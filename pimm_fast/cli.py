@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_predict_parsers(sub)
 
+    export = sub.add_parser("export", help="export a trained run's model as one .pt2 file (AOTInductor), for "
+                                            "predict --model, Python or C++ serving (docs/serving.md)")
+    export.add_argument("--checkpoint", type=Path, required=True, help="the run directory (--out of train)")
+    export.add_argument("--out", type=Path, required=True, help="the package to write (.pt2)")
+    export.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda"),
+                        help="kernels the package calls (auto: the fused kernels of --device, never the reference)")
+    export.add_argument("--device", default="cpu", help="device the package runs on (cpu or cuda)")
+
     sub.add_parser("info", help="print what was built and which backends can run")
     cache = sub.add_parser("cache", help="list or clear the cache of preprocessed data files")
     cache.add_argument("action", choices=("list", "clear"))
@@ -309,6 +317,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import cmd_export as run
+
+    return run(args)
+
+
 def cmd_info(_: argparse.Namespace) -> int:
     import pimm_fast
 
@@ -348,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         args._argv = argv  # train --resume tells the options given from the defaults
         return {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "info": cmd_info, "cache": cmd_cache}[args.command](args)
+                "export": cmd_export, "info": cmd_info, "cache": cmd_cache}[args.command](args)
     except (UsageError, DataFormatError, FloatingPointError) as err:  # FloatingPointError: TrainingDiverged
         message = " ".join(str(err).split())  # one line, whatever the message held
         print(f"pimm-fast: error: {message}", file=sys.stderr)

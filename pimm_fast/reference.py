@@ -384,7 +384,7 @@ def pim_attention_backward(grad_u: torch.Tensor, v: torch.Tensor, h_prev: torch.
 # labels
 # ----------------------------------------------------------------------------------------------
 def validate_labels(labels: torch.Tensor, num_tasks: int, cascade: bool = True) -> torch.Tensor:
-    """Check [B, T] labels (0/1; with ``cascade`` also y_t <= y_{t-1}) and return them as float32."""
+    """Check [B, T] labels (0/1 and, with ``cascade``, y_t <= y_{t-1}) and return them as float32."""
     _checks.check_labels_meta(labels, num_tasks)
     _checks.check_labels_values(labels, cascade)
     return labels.to(torch.float32)

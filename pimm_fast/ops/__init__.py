@@ -11,8 +11,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import schemas, registration  # noqa: F401  (schemas must exist before kernels register)
-from .. import _extension  # noqa: F401  (loads the C++/CUDA kernels for those schemas)
+from .. import _extension  # noqa: F401  (loads the C++/CUDA kernels and, with them, the op schemas)
+from . import schemas, registration  # noqa: F401  (the schemas if the library is not loaded; fakes, autograd)
 from . import triton_impl  # noqa: F401  (Python-launched Triton kernels)
 from .. import reference
 from .backends import BACKENDS, available_backends, is_available, resolve_backend
@@ -67,9 +67,9 @@ def pim_attention(v: torch.Tensor, h_prev: torch.Tensor, label_prev: Optional[to
 
 
 def validate_labels(labels: torch.Tensor, num_tasks: int, cascade: bool = True) -> torch.Tensor:
-    """Check cascade labels [B, T] (0/1, and with ``cascade`` y_t = 1 implies y_{t-1} = 1) and return them
-    as float32. ``cascade=False`` (models that do not assume a cascade) skips the funnel check.
+    """Check labels [B, T] (0/1 and, with ``cascade``, y_t = 1 implies y_{t-1} = 1); return them as float32.
 
-    An op, so that the data-dependent checks run (with their detailed messages) under torch.compile.
+    An op with a C++ kernel and a side effect, so that the data-dependent checks run (with their
+    detailed messages) under torch.compile and in exported programs, even where the output is unused.
     """
     return torch.ops.pimm_fast.validate_labels(labels, num_tasks, cascade)

@@ -1,14 +1,16 @@
 """Fake kernels, autograd formulas and the plain ops, registered for every backend overload.
 
 The fakes run the same metadata checks as the real kernels, so a bad call fails while
-torch.compile traces, with the same message as in eager mode.
+torch.compile traces, with the same message as in eager mode. The plain op ``validate_labels`` has a
+C++ kernel (csrc/cpu/validate_labels.cpp); only when the compiled library is not loaded does the
+Python check of ``pimm_fast.reference`` serve as its kernel.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _checks, reference
-from .schemas import FUSED_OPS, KERNEL_BACKENDS, lib, op, qualname
+from .schemas import KERNEL_BACKENDS, SCHEMAS_FROM_LIBRARY, lib, op, qualname
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,13 +144,13 @@ def _pim_backward_for(backend: str):
     return backward
 
 
+# Every backend's overload gets the fake and the autograd formula, kernel or not (yet).
 for _name, _fake in _FAKES.items():
-    for _backend in FUSED_OPS[_name][1]:
+    for _backend in KERNEL_BACKENDS:
         torch.library.register_fake(qualname(_name, _backend), _fake, lib=lib)
-for _backend in FUSED_OPS["embedding_bags_concat"][1]:
+for _backend in KERNEL_BACKENDS:
     torch.library.register_autograd(qualname("embedding_bags_concat", _backend), _bags_backward_for(_backend),
                                     setup_context=_bags_setup, lib=lib)
-for _backend in KERNEL_BACKENDS:
     torch.library.register_autograd(qualname("embedding_concat", _backend), _embedding_backward_for(_backend),
                                     setup_context=_embedding_setup, lib=lib)
     torch.library.register_autograd(qualname("pim_attention", _backend), _pim_backward_for(_backend),
@@ -156,15 +158,21 @@ for _backend in KERNEL_BACKENDS:
 
 
 # ----------------------------------------------------------------------------------------------
-# plain ops: one eager implementation for every device
+# plain ops: one kernel for every device
 # ----------------------------------------------------------------------------------------------
-@torch.library.impl(qualname("validate_labels"), "CompositeExplicitAutograd", lib=lib)
-def _validate_labels(labels, num_tasks, cascade=True):
-    out = reference.validate_labels(labels, num_tasks, cascade)
-    return out.clone() if out is labels else out  # an op's output may not alias its input
+if not SCHEMAS_FROM_LIBRARY:  # the compiled library, when loaded, brings the C++ kernel
+    @torch.library.impl(qualname("validate_labels"), "CompositeExplicitAutograd", lib=lib)
+    def _validate_labels(labels, num_tasks, cascade=True):
+        out = reference.validate_labels(labels, num_tasks, cascade)
+        return out.clone() if out is labels else out  # an op's output may not alias its input
 
 
 @torch.library.register_fake(qualname("validate_labels"), lib=lib)
 def _fake_validate_labels(labels, num_tasks, cascade=True):
     _checks.check_labels_meta(labels, num_tasks)
     return labels.new_empty(labels.shape, dtype=torch.float32)
+
+
+# It raises on bad labels: a side effect, so that torch.compile and torch.export keep the call when its
+# output is unused (in eval mode the models only check the labels), instead of dropping it as dead code.
+torch.fx.node.has_side_effect(torch.ops.pimm_fast.validate_labels.default)

@@ -227,7 +227,7 @@ def _jsonable(value):
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _load_run_model(directory: Path, spec: Optional[str], device: str):
+def load_run_model(directory: Path, spec: Optional[str], device: str):
     """(model, config, payload path, test split) of a run directory (or .pt file) evaluated on ``spec``
     (default: the run's own data)."""
     try:
@@ -257,7 +257,7 @@ def _load_run_model(directory: Path, spec: Optional[str], device: str):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, config, path, test, _ = _load_run_model(args.checkpoint, args.data, args.device)
+    model, config, path, test, _ = load_run_model(args.checkpoint, args.data, args.device)
     result = evaluate(model, test)
     print(f"{type(model).__name__} from {path} on the test split of {args.data or config['data']} "
           f"({len(test):,} rows)\n" + format_table(result))
@@ -340,7 +340,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         probs, test, splits, task_names = _predict_exported(args)
         source = args.model
     else:
-        model, config, source, test, splits = _load_run_model(args.checkpoint, args.data, args.device)
+        model, config, source, test, splits = load_run_model(args.checkpoint, args.data, args.device)
         probs = predict(model, test)
         task_names = list(test.task_names)
     names = list(splits.field_names) or [f"f{i}" for i in range(test.x.shape[1])]

@@ -1,0 +1,527 @@
+"""Export a trained model as one file (an AOTInductor package, ``.pt2``) and load it to score ids.
+
+    import pimm_fast.export as px
+    px.save(model, "model.pt2")          # eval mode, torch.export -> AOTInductor, ~25-50 s of C++ compile
+    score = px.load("model.pt2")         # needs pimm_fast installed (its kernels), not the model class
+    probs = score(ids)                   # ids [B, F] int64/int32 (+ dense [B, K] floats) -> probs [B, T]
+    score.metadata["task_names"]
+
+The package holds the model's graph compiled to C++ (the pimm_fast ops stay calls to the fused
+kernels of the backend the model ran on), its weights, and pimm_fast's metadata (field sizes, task
+names, dense-feature names and training statistics, backend, versions). A C++ program runs it with
+torch's ``AOTIModelPackageLoader`` after loading pimm_fast's library (examples/score_csv.cpp).
+
+Weights are stored beside the compiled ``.so`` inside the package (``package_constants_in_so=False``
+with ``package_constants_on_disk_format="binary_blob"``): tables of several GB cannot be linked into
+a shared object, and the weights are then one plain blob that is read once at load.
+
+Checks made so that a package does not silently serve something else than what was trained: the
+backend is frozen at export (the kernels in the graph must be the asked backend's; exporting the
+reference path by accident, e.g. because the compiled library did not load, is an error); Triton
+kernels (launched from Python) cannot be packaged; multi-valued (bag) fields are refused. ``load``
+checks that the file is an intact pimm_fast package and that this CPU has the instruction set the
+package was compiled for.
+
+``python -m pimm_fast.export --selfcheck [--device cuda]`` exports every model class, reloads each
+package in a fresh process and compares it with the eager model (the GPU check script calls it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+FORMAT_VERSION = 1
+METADATA_KEY = "pimm_fast"
+_ISA_ORDER = ("DEFAULT", "NO AVX", "ZVECTOR", "AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability()
+
+__all__ = ["save", "load", "read_metadata", "ExportedModel", "ExportError", "PackageError"]
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked."""
+
+
+class PackageError(ValueError):
+    """The file is not an intact pimm_fast package, or it cannot run here."""
+
+
+# ----------------------------------------------------------------------------------------------
+# save
+# ----------------------------------------------------------------------------------------------
+class _Serving(nn.Module):
+    """The eval-mode forward without labels: ids (+ dense) -> probabilities."""
+
+    def __init__(self, model: nn.Module, with_dense: bool):
+        super().__init__()
+        self.model = model
+        self.with_dense = with_dense
+
+    def forward(self, ids: torch.Tensor, dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.with_dense:
+            return self.model(ids, dense=dense)
+        return self.model(ids)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensors = list(model.parameters()) + list(model.buffers())
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ExportError(f"the model's parameters and buffers must be on one device, found {sorted(map(str, devices))}")
+    return devices.pop()
+
+
+def _model_metadata(model: nn.Module, field_names: Optional[Sequence[str]]) -> dict[str, Any]:
+    embedding = getattr(model, "embedding", None)
+    field_dims = getattr(embedding, "field_dims", None) or getattr(model, "field_dims", None)
+    if field_dims is None:
+        raise ExportError(f"{type(model).__name__} has no embedding with field_dims: not a pimm_fast cascade model")
+    field_dims = [int(d) for d in field_dims]
+    pooling = tuple(getattr(embedding, "pooling", ()) or ())
+    if any(mode != "sum" for mode in pooling):  # bag fields are mean-pooled
+        raise ExportError("models with multi-valued (bag) fields cannot be exported yet: the package takes "
+                          "one id per field ([B, F] ids)")
+    if field_names is not None:
+        field_names = [str(n) for n in field_names]
+        if len(field_names) != len(field_dims):
+            raise ExportError(f"{len(field_names)} field names for {len(field_dims)} fields")
+    meta: dict[str, Any] = {
+        "model_class": type(model).__name__,
+        "field_dims": field_dims,
+        "field_names": field_names,
+        "task_names": [str(n) for n in model.task_names],
+        "num_tasks": int(model.num_tasks),
+        "num_dense": int(getattr(model, "num_dense", 0) or 0),
+        "dense_names": [], "dense_mean": [], "dense_std": [],
+    }
+    dense_input = getattr(model, "dense_input", None)
+    if meta["num_dense"] and dense_input is not None:
+        meta["dense_names"] = [str(n) for n in getattr(dense_input, "names", ())]
+        for stat in ("mean", "std"):
+            value = getattr(dense_input, stat, None)
+            if isinstance(value, torch.Tensor):
+                meta[f"dense_{stat}"] = [float(v) for v in value.detach().cpu().tolist()]
+        fitted = getattr(dense_input, "fitted", None)
+        meta["dense_fitted"] = bool(fitted) if fitted is not None else None
+    if hasattr(model, "backbone"):
+        meta["backbone"] = str(model.backbone)
+    return meta
+
+
+def _pimm_ops(exported: torch.export.ExportedProgram) -> list[str]:
+    """The pimm_fast op overloads called in the exported graph, e.g. ["embedding_concat.cpp"]."""
+    names = set()
+    for node in exported.graph_module.graph.nodes:
+        target = node.target
+        if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target.namespace == "pimm_fast":
+            names.add(f"{target._opname}.{target._overloadname}")
+    return sorted(names)
+
+
+def _check_backend(ops_used: list[str], asked: str, resolved: str) -> None:
+    kernels = {name.rsplit(".", 1)[1] for name in ops_used}
+    if resolved == "reference":
+        if asked != "reference":
+            from . import _extension
+
+            raise ExportError(f"backend {asked!r} resolves to the pure-PyTorch reference here (the compiled library "
+                              f"is not loaded: {_extension.STATE.reason}); build the kernels, or pass "
+                              f"backend='reference' to export the reference path on purpose")
+        if ops_used:
+            raise ExportError(f"backend 'reference' was asked but the model calls fused kernels {ops_used}; build it "
+                              f"with backend='reference'")
+        return
+    if not ops_used:
+        raise ExportError(f"the model runs on the reference path (no pimm_fast kernel in its graph) but backend "
+                          f"{asked!r} ({resolved}) was asked; build the model with backend={resolved!r} or "
+                          f"backend='auto', or export with backend='reference'")
+    if kernels != {resolved}:
+        raise ExportError(f"the model calls the {sorted(kernels)} kernels ({ops_used}) but backend {asked!r} "
+                          f"({resolved}) was asked; build the model with the backend to serve")
+
+
+def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any] = None,
+         dynamic_batch: bool = True, *, backend: str = "auto", field_names: Optional[Sequence[str]] = None,
+         inductor_configs: Optional[dict] = None) -> Path:
+    """Export ``model`` (a pimm_fast cascade model) in eval mode to an AOTInductor package at ``path``.
+
+    example: ids [B, F] (or a tuple ``(ids, dense)`` for a model with dense features) to trace with,
+        on the model's device; by default zeros with B = 2.
+    dynamic_batch: any batch size >= 1 (default); False fixes the batch to the example's.
+    backend: the kernels the package must call: "auto" (the fused kernels of the model's device, never
+        the reference fallback), "cpp", "cuda" or "reference" (on purpose). A model whose graph calls
+        other kernels is an error.
+    field_names: names of the id columns, stored in the metadata (``predict`` writes them).
+    inductor_configs: extra AOTInductor options (e.g. ``{"aot_inductor.compile_wrapper_opt_level": "O0"}``
+        compiles twice as fast, for tests).
+    Returns the path written. The file is written atomically (a temporary file renamed into place).
+    """
+    from . import __version__, ops
+
+    if not isinstance(model, nn.Module) or not hasattr(model, "task_names"):
+        raise ExportError(f"expected a pimm_fast cascade model, got {type(model).__name__}")
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ExportError(f"the package path must end in .pt2, got {str(path)!r}")
+    device = _model_device(model)
+    resolved = ops.resolve_backend(backend, device)
+    if resolved == "triton":
+        raise ExportError("Triton kernels are launched from Python and cannot be packaged; export with the "
+                          "'cuda' backend (build the model with backend='cuda' or 'auto')")
+    meta = _model_metadata(model, field_names)
+    num_fields, num_dense = len(meta["field_dims"]), meta["num_dense"]
+
+    if example is None:
+        ids = torch.zeros(2, num_fields, dtype=torch.int64, device=device)
+        dense = torch.zeros(2, num_dense, device=device) if num_dense else None
+    else:
+        parts = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+        if len(parts) not in (1, 2) or not all(isinstance(t, torch.Tensor) for t in parts):
+            raise ExportError("example must be ids [B, F] or a tuple (ids, dense) of tensors")
+        ids, dense = parts[0].to(device), (parts[1].to(device) if len(parts) == 2 else None)
+    if ids.dim() != 2 or ids.shape[1] != num_fields or ids.shape[0] < 1:
+        raise ExportError(f"example ids must be [B, {num_fields}] with B >= 1, got {list(ids.shape)}")
+    if num_dense and dense is None:
+        raise ExportError(f"the model has {num_dense} dense features: pass example=(ids, dense)")
+    if not num_dense and dense is not None:
+        raise ExportError("dense features were given but the model has none")
+    if dynamic_batch and ids.shape[0] == 1:  # torch.export specialises a size-1 dimension
+        ids = ids.expand(2, -1).contiguous()
+        dense = dense.expand(2, -1).contiguous() if dense is not None else None
+    args = (ids,) if dense is None else (ids, dense)
+    batch = torch.export.Dim("batch", min=1, max=1 << 30) if dynamic_batch else None
+    shapes = tuple({0: batch} if dynamic_batch else None for _ in args)
+
+    serving = _Serving(model, num_dense > 0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(serving, args, dynamic_shapes=shapes, strict=False)
+    except Exception as exc:
+        raise ExportError(f"torch.export failed for {type(model).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    ops_used = _pimm_ops(exported)
+    _check_backend(ops_used, backend, resolved)
+
+    meta.update({
+        "format": FORMAT_VERSION,
+        "pimm_fast_version": __version__,
+        "torch_version": torch.__version__,
+        "backend": resolved,
+        "device": device.type,
+        "ops": ops_used,
+        "dynamic_batch": bool(dynamic_batch),
+        "batch": None if dynamic_batch else int(ids.shape[0]),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "weights": "binary blob beside the .so",
+    })
+    configs = {
+        # Weights beside the .so, as one blob (constants in the .so cannot exceed 2 GB; the flag alone,
+        # without the blob format, produced packages that crashed on torch 2.14).
+        "aot_inductor.package_constants_in_so": False,
+        "aot_inductor.package_constants_on_disk_format": "binary_blob",
+        "aot_inductor.metadata": _flat_metadata(meta),
+    }
+    configs.update(inductor_configs or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.pt2")
+    try:
+        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=configs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _flat_metadata(meta: dict) -> dict[str, str]:
+    """AOTInductor metadata is str -> str: the full record as JSON, plus the few keys a C++ program needs
+    as plain comma-separated text (no JSON parser there)."""
+    return {
+        METADATA_KEY: json.dumps(meta, sort_keys=True),
+        f"{METADATA_KEY}.field_dims": ",".join(str(d) for d in meta["field_dims"]),
+        f"{METADATA_KEY}.task_names": ",".join(meta["task_names"]),
+        f"{METADATA_KEY}.num_dense": str(meta["num_dense"]),
+        f"{METADATA_KEY}.backend": meta["backend"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# load
+# ----------------------------------------------------------------------------------------------
+def read_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    """pimm_fast's metadata of a package, read from the archive without loading its code.
+
+    Raises PackageError for a missing file, a file that is not a (intact) .pt2 archive, or a .pt2
+    that pimm_fast did not write."""
+    path = Path(path)
+    if not path.is_file():
+        raise PackageError(f"{path}: no such package file")
+    if not zipfile.is_zipfile(path):
+        raise PackageError(f"{path}: not a .pt2 package (not a zip archive); export one with pimm_fast.export.save "
+                           f"or `pimm-fast export`")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()  # reads every member: a truncated or altered file fails its CRC
+            if broken is not None:
+                raise PackageError(f"{path}: corrupt package (member {broken} fails its checksum); export it again")
+            found = None
+            for name in archive.namelist():
+                if name.endswith("_metadata.json") and "/aotinductor/" in name:
+                    record = json.loads(archive.read(name))
+                    if METADATA_KEY in record:
+                        found = record[METADATA_KEY]
+                        break
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, PackageError):
+            raise
+        raise PackageError(f"{path}: corrupt package ({exc}); export it again") from None
+    if found is None:
+        raise PackageError(f"{path}: not a pimm_fast package (an AOTInductor or other .pt2 without pimm_fast's "
+                           f"metadata); export the model with pimm_fast.export.save or `pimm-fast export`")
+    meta = json.loads(found)
+    if meta.get("format") != FORMAT_VERSION:
+        raise PackageError(f"{path}: package format {meta.get('format')} is not supported by this pimm_fast "
+                           f"(format {FORMAT_VERSION}); export it again")
+    return meta
+
+
+def _check_cpu(meta: dict, path: Path) -> None:
+    built, here = meta.get("cpu_capability"), torch.backends.cpu.get_cpu_capability()
+    if meta.get("device") != "cpu" or built is None or built == here:
+        return
+    if built in _ISA_ORDER and here in _ISA_ORDER and _ISA_ORDER.index(here) < _ISA_ORDER.index(built):
+        raise PackageError(f"{path}: compiled for {built} CPUs but this CPU supports {here}; export the model on "
+                           f"(or for) the serving machine")
+
+
+class ExportedModel:
+    """A loaded package: ``fn(ids, dense=None) -> probs [B, T]`` (float32, on the package's device).
+
+    Checks every call's input (dtype, field count, batch >= 1, ids in range per field, dense shape) and
+    raises TypeError / ValueError / IndexError naming the problem. Inputs on another device are
+    copied to the package's device. ``metadata`` holds field_dims, task_names, dense_names and
+    statistics, backend, versions."""
+
+    def __init__(self, runner, metadata: dict, device: torch.device, path: Path):
+        self._runner = runner
+        self.metadata = metadata
+        self.device = device
+        self.path = path
+        self.field_dims = tuple(metadata["field_dims"])
+        self.task_names = tuple(metadata["task_names"])
+        self.num_dense = int(metadata.get("num_dense", 0))
+        self._limits = torch.tensor(self.field_dims, dtype=torch.int64, device=device)
+
+    def __repr__(self) -> str:
+        return (f"ExportedModel({self.metadata['model_class']}, {len(self.field_dims)} fields, tasks "
+                f"{list(self.task_names)}, backend {self.metadata['backend']} on {self.device}, from {self.path})")
+
+    def _field(self, f: int) -> str:
+        names = self.metadata.get("field_names")
+        return f"field {f} ({names[f]})" if names else f"field {f}"
+
+    def check(self, ids: torch.Tensor, dense: Optional[torch.Tensor] = None) -> None:
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"ids must be a torch.Tensor [B, {len(self.field_dims)}], got {type(ids).__name__}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"ids must be int64 or int32, got {ids.dtype}")
+        if ids.dim() != 2 or ids.shape[1] != len(self.field_dims):
+            raise ValueError(f"ids must be [B, F] with F = {len(self.field_dims)} fields, got shape {list(ids.shape)}")
+        if ids.shape[0] < 1:
+            raise ValueError("ids must hold at least one row (B >= 1), got B = 0")
+        batch = self.metadata.get("batch")
+        if batch is not None and ids.shape[0] != batch:
+            raise ValueError(f"this package was exported for batch {batch} (dynamic_batch=False), got B = {ids.shape[0]}")
+        bad = (ids < 0) | (ids >= self._limits)
+        if bool(bad.any()):
+            r, f = (int(i) for i in bad.nonzero()[0])
+            raise IndexError(f"id {int(ids[r, f])} at row {r} is out of range for {self._field(f)}, which has "
+                             f"{self.field_dims[f]} values (ids must be in [0, {self.field_dims[f]}))")
+        if self.num_dense:
+            if dense is None:
+                raise ValueError(f"this model takes {self.num_dense} dense features: pass dense [B, {self.num_dense}]")
+            if not isinstance(dense, torch.Tensor) or not dense.is_floating_point():
+                raise TypeError(f"dense must be a float tensor, got "
+                                f"{dense.dtype if isinstance(dense, torch.Tensor) else type(dense).__name__}")
+            if dense.dim() != 2 or dense.shape != (ids.shape[0], self.num_dense):
+                raise ValueError(f"dense must be [B, K] = [{ids.shape[0]}, {self.num_dense}], got {list(dense.shape)}")
+        elif dense is not None:
+            raise ValueError("this model takes no dense features, but dense was passed")
+
+    def __call__(self, ids: torch.Tensor, dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        ids = ids.to(self.device) if isinstance(ids, torch.Tensor) else ids
+        dense = dense.to(self.device) if isinstance(dense, torch.Tensor) else dense
+        self.check(ids, dense)
+        with torch.no_grad():
+            if self.num_dense:
+                return self._runner(ids.contiguous(), dense.to(torch.float32).contiguous())
+            return self._runner(ids.contiguous())
+
+
+def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> ExportedModel:
+    """Load a package written by :func:`save`: returns ``fn(ids, dense=None) -> probs [B, T]`` with a
+    ``metadata`` dict. ``device``: where to run it (default: the device it was exported for; a CUDA
+    package may be given another GPU, "cuda:1"). Needs pimm_fast installed, for the kernels."""
+    from . import _extension, ops  # noqa: F401  (ops: the kernels the package calls must be registered)
+
+    path = Path(path)
+    meta = read_metadata(path)
+    package_device = meta["device"]
+    target = torch.device(device) if device is not None else torch.device(package_device)
+    if target.type != package_device:
+        raise PackageError(f"{path}: the package was compiled for {package_device}, it cannot run on {target}")
+    if package_device == "cuda" and not torch.cuda.is_available():
+        raise PackageError(f"{path}: the package was compiled for CUDA, but no GPU is available here")
+    if meta["backend"] in ("cpp", "cuda") and not _extension.STATE.loaded:
+        raise PackageError(f"{path}: the package calls pimm_fast's {meta['backend']} kernels, but the compiled "
+                           f"library is not loaded ({_extension.STATE.reason})")
+    _check_cpu(meta, path)
+    index = (target.index if target.index is not None else torch.cuda.current_device()) if target.type == "cuda" else -1
+    try:
+        runner = torch._inductor.aoti_load_package(str(path), device_index=index)
+    except Exception as exc:
+        raise PackageError(f"{path}: cannot load the package: {exc}") from None
+    if target.type == "cuda" and target.index is None:
+        target = torch.device("cuda", index)
+    return ExportedModel(runner, meta, target, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# self-check: every model class, exported and reloaded in a fresh process (CPU here, CUDA on a GPU box)
+# ----------------------------------------------------------------------------------------------
+def _selfcheck_models(device: str) -> dict[str, nn.Module]:
+    from .models import build_model
+
+    torch.manual_seed(0)
+    field_dims, kw = [7, 11, 5, 13], {"num_tasks": 3, "embed_dim": 4, "task_names": ("view", "click", "buy")}
+    models = {f"pimm-{bb}": build_model("pimm", field_dims, backbone=bb, **kw) for bb in ("towers", "mmoe", "ple")}
+    for name in ("shared_bottom", "esmm", "mmoe", "ple", "aitm", "mncm"):
+        models[name] = build_model(name, field_dims, **kw)
+    return {name: m.to(device).eval() for name, m in models.items()}
+
+
+SELFCHECK_BATCHES = (1, 7, 4096)
+
+
+def _export_for_selfcheck(device: str, out_dir: Path, names: Sequence[str], fast: bool) -> None:
+    """Export the named self-check models to out_dir/<name>.pt2 with their eager outputs per batch size."""
+    import time
+
+    configs = {"aot_inductor.compile_wrapper_opt_level": "O0"} if fast else None
+    models = _selfcheck_models(device)
+    for name in names:
+        model, started = models[name], time.perf_counter()
+        package = save(model, out_dir / f"{name}.pt2", inductor_configs=configs)
+        g = torch.Generator().manual_seed(1)
+        for batch in SELFCHECK_BATCHES:
+            ids = torch.stack([torch.randint(0, d, (batch,), generator=g) for d in model.embedding.field_dims], 1)
+            with torch.no_grad():
+                expected = model(ids.to(device)).cpu()
+            torch.save({"ids": ids, "expected": expected}, out_dir / f"{name}-{batch}.pt")
+        print(f"exported {name} in {time.perf_counter() - started:.1f} s -> {package}", flush=True)
+
+
+def selfcheck(device: str, out_dir: Path, fast: bool = False, jobs: int = 1,
+              names: Optional[Sequence[str]] = None) -> int:
+    """Export every model class (PIMM on each backbone, the six baselines) on ``device``, then load each
+    package in a fresh process and compare it with the eager model at batch 1, 7 and 4096 (max abs
+    difference <= 1e-6). ``jobs`` > 1 compiles in that many processes. Returns 0 when all match."""
+    import subprocess
+    import sys
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(names) if names is not None else list(_selfcheck_models("cpu"))
+    if jobs <= 1:
+        _export_for_selfcheck(device, out_dir, names, fast)
+    else:
+        workers = [subprocess.Popen([sys.executable, "-m", "pimm_fast.export", "--selfcheck", "--device", device,
+                                     "--out", str(out_dir), "--export-only", ",".join(names[i::jobs])]
+                                    + (["--fast"] if fast else [])) for i in range(min(jobs, len(names)))]
+        if any(w.wait() != 0 for w in workers):
+            return 1
+    # Load and compare in a fresh process: nothing of the exporting process (model classes, caches) helps.
+    code = (
+        "import sys, torch, pimm_fast.export as px\n"
+        "out, device, names, worst = sys.argv[1], sys.argv[2], sys.argv[3].split(','), 0.0\n"
+        f"batches = {SELFCHECK_BATCHES!r}\n"
+        "for name in names:\n"
+        "    fn = px.load(f'{out}/{name}.pt2', device=device)\n"
+        "    for batch in batches:\n"
+        "        case = torch.load(f'{out}/{name}-{batch}.pt')\n"
+        "        err = (fn(case['ids']).cpu() - case['expected']).abs().max().item()\n"
+        "        worst = max(worst, err)\n"
+        "        print(f'{name:>14} batch {batch:>5}: max |package - eager| = {err:.2e}', flush=True)\n"
+        "        assert err <= 1e-6, (name, batch, err)\n"
+        "print(f'all {len(names) * len(batches)} cases within 1e-6 (worst {worst:.2e})')\n")
+    return subprocess.call([sys.executable, "-c", code, str(out_dir), device, ",".join(names)])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m pimm_fast.export", description="export self-check")
+    parser.add_argument("--selfcheck", action="store_true", required=True,
+                        help="export every model class, reload in a fresh process, compare with eager (1e-6)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=None, help="keep the packages here (default: a temp dir)")
+    parser.add_argument("--fast", action="store_true", help="compile the C++ wrapper at -O0 (half the compile time)")
+    parser.add_argument("--jobs", type=int, default=1, help="export in this many processes")
+    parser.add_argument("--export-only", default=None, help=argparse.SUPPRESS)  # a worker of --jobs
+    args = parser.parse_args(argv)
+    if args.export_only is not None:
+        _export_for_selfcheck(args.device, args.out, args.export_only.split(","), args.fast)
+        return 0
+    if args.out is not None:
+        return selfcheck(args.device, args.out, args.fast, args.jobs)
+    with tempfile.TemporaryDirectory() as tmp:
+        return selfcheck(args.device, Path(tmp), args.fast, args.jobs)
+
+
+# ----------------------------------------------------------------------------------------------
+# pimm-fast export --checkpoint DIR --out model.pt2
+# ----------------------------------------------------------------------------------------------
+def _fail(message: str):
+    """A user error: ``pimm-fast`` prints it as one line and exits with status 2."""
+    from .errors import UsageError
+
+    raise UsageError(message)
+
+
+def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu"):
+    """(model, field_names) of a training run directory (its best epoch where the run kept one), rebuilt
+    the way ``pimm-fast evaluate`` and ``predict`` rebuild it (pimm_fast.train.commands)."""
+    from .train.commands import load_run_model
+
+    model, _, _, _, splits = load_run_model(Path(directory), None, device)
+    return model.to(device).eval(), list(splits.field_names) or None
+
+
+def cmd_export(args) -> int:
+    """``pimm-fast export``: a run's checkpoint -> an AOTInductor package."""
+    import time
+
+    if args.out.suffix != ".pt2":
+        _fail(f"--out must name a .pt2 file, got {args.out}")
+    model, field_names = model_from_checkpoint(args.checkpoint, args.device)
+    started = time.perf_counter()
+    try:
+        save(model, args.out, backend=args.backend, field_names=field_names)
+    except ExportError as err:
+        _fail(str(err))
+    meta = read_metadata(args.out)
+    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields, tasks {' -> '.join(meta['task_names'])}, "
+          f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,389 @@
+"""Serving: export to an AOTInductor package, load it in a fresh process or from C++, reject bad input.
+
+AOTInductor compiles C++ for every package (~25 s on two free cores, more on a busy machine), so the
+packages are made once per module: the self-check exports every model class (in two processes) and
+the other tests reuse its PIMM package.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import pimm_fast
+import pimm_fast.export as px
+from pimm_fast.ops import backends, schemas
+
+ROOT = Path(__file__).resolve().parents[1]
+
+needs_cpp = pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="C++ kernels not built")
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def selfcheck_dir(tmp_path_factory) -> Path:
+    """Every model class exported once (PIMM on each backbone, the six baselines) and checked against
+    eager in a fresh process; see test_every_model_class_matches_eager_in_a_fresh_process."""
+    if not backends.is_available("cpp", "cpu"):
+        pytest.skip("C++ kernels not built")
+    out = tmp_path_factory.mktemp("packages")
+    result = subprocess.run([sys.executable, "-m", "pimm_fast.export", "--selfcheck", "--device", "cpu", "--fast",
+                             "--jobs", "2", "--out", str(out)], capture_output=True, text=True, env=_env())
+    (out / "selfcheck.log").write_text(result.stdout + result.stderr)
+    (out / "selfcheck.rc").write_text(str(result.returncode))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pimm_package(selfcheck_dir) -> Path:
+    path = selfcheck_dir / "pimm-towers.pt2"
+    if not path.exists():
+        pytest.fail("the self-check did not export PIMM:\n" + (selfcheck_dir / "selfcheck.log").read_text()[-3000:])
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(pimm_package):
+    return px.load(pimm_package)
+
+
+# ---------------------------------------------------------------------------------------------
+# every model class, batch 1 / 7 / 4096 from one package, in a fresh process
+# ---------------------------------------------------------------------------------------------
+def test_every_model_class_matches_eager_in_a_fresh_process(selfcheck_dir):
+    log = (selfcheck_dir / "selfcheck.log").read_text()
+    assert (selfcheck_dir / "selfcheck.rc").read_text() == "0", log[-4000:]
+    names = ["pimm-towers", "pimm-mmoe", "pimm-ple", "shared_bottom", "esmm", "mmoe", "ple", "aitm", "mncm"]
+    for name in names:
+        for batch in px.SELFCHECK_BATCHES:
+            assert f"{name:>14} batch {batch:>5}: max |package - eager|" in log, (name, batch, log[-3000:])
+    assert f"all {len(names) * len(px.SELFCHECK_BATCHES)} cases within 1e-6" in log
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and backends.cuda_compiled()),
+                    reason="needs a CUDA device and the CUDA kernels")
+def test_every_model_class_on_cuda(tmp_path):
+    """The same self-check with CUDA packages (the GPU check script runs it, or the CLI form
+    `python -m pimm_fast.export --selfcheck --device cuda`)."""
+    result = subprocess.run([sys.executable, "-m", "pimm_fast.export", "--selfcheck", "--device", "cuda", "--fast",
+                             "--out", str(tmp_path)], capture_output=True, text=True, env=_env())
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "all 27 cases within 1e-6" in result.stdout
+
+
+def test_metadata(pimm_package, loaded):
+    meta = px.read_metadata(pimm_package)
+    assert meta == loaded.metadata
+    assert meta["model_class"] == "PIMM" and meta["field_dims"] == [7, 11, 5, 13]
+    assert meta["task_names"] == ["view", "click", "buy"] and meta["num_tasks"] == 3
+    assert meta["backend"] == "cpp" and meta["device"] == "cpu" and meta["dynamic_batch"] is True
+    assert meta["ops"] == ["embedding_concat.cpp", "pim_attention.cpp"]  # the fused kernels stay fused
+    assert meta["pimm_fast_version"] == pimm_fast.__version__ and meta["torch_version"] == torch.__version__
+    assert meta["num_dense"] == 0 and meta["dense_names"] == []
+    with zipfile.ZipFile(pimm_package) as archive:  # weights beside the .so, as one blob
+        names = archive.namelist()
+    assert any(n.endswith("_weights.blob") for n in names) and any(n.endswith(".so") for n in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input to a loaded package
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ids, error, match", [
+    (torch.tensor([[0, 0, 0, 13]]), IndexError, r"id 13 at row 0 is out of range for field 3, which has 13 values"),
+    (torch.tensor([[0, 0, 0, 0], [0, -1, 0, 0]]), IndexError, r"id -1 at row 1 is out of range for field 1"),
+    (torch.zeros(2, 3, dtype=torch.int64), ValueError, r"ids must be \[B, F\] with F = 4 fields, got shape \[2, 3\]"),
+    (torch.zeros(4, dtype=torch.int64), ValueError, r"ids must be \[B, F\]"),
+    (torch.zeros(2, 4), TypeError, "ids must be int64 or int32, got torch.float32"),
+    (torch.zeros(0, 4, dtype=torch.int64), ValueError, r"at least one row \(B >= 1\), got B = 0"),
+    ([[0, 0, 0, 0]], TypeError, "ids must be a torch.Tensor"),
+])
+def test_bad_ids_are_rejected(loaded, ids, error, match):
+    with pytest.raises(error, match=match):
+        loaded(ids)
+
+
+def test_int32_ids_and_dense_on_a_model_without_dense(loaded):
+    ids = torch.tensor([[1, 2, 3, 4], [6, 10, 4, 12]])
+    assert torch.equal(loaded(ids.int()), loaded(ids))
+    with pytest.raises(ValueError, match="takes no dense features"):
+        loaded(ids, torch.zeros(2, 1))
+
+
+def test_kernel_rejects_out_of_range_ids_behind_the_python_check(loaded):
+    """The package's own embedding kernel checks ids too (what a C++ caller relies on)."""
+    with pytest.raises(RuntimeError, match="(?i)out of range|index"):
+        loaded._runner(torch.tensor([[0, 0, 0, 1000]]))
+
+
+def test_corrupt_foreign_and_missing_packages(pimm_package, tmp_path):
+    with pytest.raises(px.PackageError, match="no such package file"):
+        px.load(tmp_path / "missing.pt2")
+    text = tmp_path / "notes.pt2"
+    text.write_text("not a package")
+    with pytest.raises(px.PackageError, match="not a zip archive"):
+        px.load(text)
+    damaged = tmp_path / "damaged.pt2"
+    data = bytearray(pimm_package.read_bytes())
+    with zipfile.ZipFile(pimm_package) as archive:
+        member = next(i for i in archive.infolist() if i.filename.endswith(".so"))
+    middle = member.header_offset + 100 + member.compress_size // 2
+    data[middle:middle + 64] = bytes(64)
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(px.PackageError, match="corrupt package"):
+        px.load(damaged)
+    truncated = tmp_path / "truncated.pt2"
+    truncated.write_bytes(pimm_package.read_bytes()[: len(data) // 2])
+    with pytest.raises(px.PackageError, match="not a zip archive|corrupt"):
+        px.load(truncated)
+    # A .pt2 written by torch.export.save: a valid archive, but not a pimm_fast package.
+    foreign = tmp_path / "foreign.pt2"
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 1), (torch.zeros(1, 2),)), str(foreign))
+    with pytest.raises(px.PackageError, match="not a pimm_fast package"):
+        px.load(foreign)
+
+
+def test_cuda_package_on_cpu_is_refused(pimm_package):
+    with pytest.raises(px.PackageError, match="compiled for cpu, it cannot run on cuda"):
+        px.load(pimm_package, device="cuda")
+
+
+@needs_cpp
+def test_model_with_dense_features(tmp_path):
+    """Dense features [B, K] travel into the package with the model's training statistics."""
+    import inspect
+
+    if "num_dense" not in inspect.signature(pimm_fast.PIMM.__init__).parameters:
+        pytest.skip("the models take no dense features in this tree")
+    model = pimm_fast.PIMM([5, 6], num_tasks=2, num_dense=2)
+    raw = torch.randn(64, 2) * 3 + 1
+    raw[0, 1] = float("nan")
+    model.dense_input.fit(raw)
+    model.eval()
+    path = px.save(model, tmp_path / "dense.pt2", inductor_configs={"aot_inductor.compile_wrapper_opt_level": "O0"})
+    fn = px.load(path)
+    meta = fn.metadata
+    assert meta["num_dense"] == 2 and meta["dense_names"] == list(model.dense_input.names)
+    assert torch.allclose(torch.tensor(meta["dense_mean"]), model.dense_input.mean.double().float())
+    assert torch.allclose(torch.tensor(meta["dense_std"]), model.dense_input.std.double().float())
+    ids = torch.stack([torch.randint(0, 5, (9,)), torch.randint(0, 6, (9,))], 1)
+    dense = raw[:9]
+    assert (fn(ids, dense) - model(ids, dense=dense)).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match="takes 2 dense features"):
+        fn(ids)
+    with pytest.raises(ValueError, match=r"dense must be \[B, K\] = \[9, 2\]"):
+        fn(ids, dense[:, :1])
+    with pytest.raises(TypeError, match="dense must be a float tensor"):
+        fn(ids, dense.long())
+
+
+# ---------------------------------------------------------------------------------------------
+# what save refuses (all before the C++ compile)
+# ---------------------------------------------------------------------------------------------
+@needs_cpp
+def test_reference_path_by_accident_is_an_error(tmp_path):
+    model = pimm_fast.PIMM([5, 6], num_tasks=2, backend="reference")
+    with pytest.raises(px.ExportError, match="runs on the reference path"):
+        px.save(model, tmp_path / "m.pt2")
+    with pytest.raises(px.ExportError, match="runs on the reference path"):
+        px.save(model, tmp_path / "m.pt2", backend="cpp")
+    assert not (tmp_path / "m.pt2").exists()
+
+
+@needs_cpp
+def test_backend_other_than_asked_is_an_error(tmp_path):
+    model = pimm_fast.PIMM([5, 6], num_tasks=2, backend="cpp")
+    with pytest.raises(px.ExportError, match="backend 'reference' was asked but the model calls fused kernels"):
+        px.save(model, tmp_path / "m.pt2", backend="reference")
+    if backends.is_available("triton", "cpu"):
+        with pytest.raises(px.ExportError, match="Triton kernels are launched from Python"):
+            px.save(model, tmp_path / "m.pt2", backend="triton")
+
+
+def test_save_argument_errors(tmp_path):
+    model = pimm_fast.PIMM([5, 6], num_tasks=2)
+    with pytest.raises(px.ExportError, match=r"must end in \.pt2"):
+        px.save(model, tmp_path / "m.zip")
+    with pytest.raises(px.ExportError, match=r"example ids must be \[B, 2\]"):
+        px.save(model, tmp_path / "m.pt2", example=torch.zeros(3, 5, dtype=torch.int64))
+    with pytest.raises(px.ExportError, match="not a pimm_fast cascade model|expected a pimm_fast cascade model"):
+        px.save(torch.nn.Linear(2, 2), tmp_path / "m.pt2")
+    bags = pimm_fast.FieldEmbedding([5, 6, 7], 4, pooling=["sum", "sum", "mean"])
+    with pytest.raises(px.ExportError, match="multi-valued"):
+        px.save(pimm_fast.PIMM([5, 6, 7], num_tasks=2, embedding=bags), tmp_path / "m.pt2")
+
+
+# ---------------------------------------------------------------------------------------------
+# validate_labels: one schema list, a C++ kernel, kept by compilers in eval mode
+# ---------------------------------------------------------------------------------------------
+def test_schemas_come_from_one_file_with_all_three_overloads():
+    fused, plain = schemas.parse_schema_file(schemas.SCHEMA_FILE.read_text())
+    assert set(fused) == set(schemas.FUSED_OPS) and plain == schemas.PLAIN_OPS
+    for name, schema in fused.items():
+        for backend in schemas.KERNEL_BACKENDS:
+            registered = str(schemas.op(name, backend)._schema)
+            assert registered == str(torch._C.parse_schema(f"pimm_fast::{name}.{backend}{schema}")), registered
+    assert str(torch.ops.pimm_fast.validate_labels.default._schema) == \
+        "pimm_fast::validate_labels(Tensor labels, int num_tasks, bool cascade=True) -> Tensor"
+
+
+def test_has_op_knows_which_triton_kernels_exist():
+    from pimm_fast.ops import triton_impl
+
+    assert set(triton_impl._MODULES) == schemas.TRITON_KERNELS  # update both when a Triton kernel lands
+    assert schemas.has_op("embedding_concat", "triton") and schemas.has_op("embedding_bags_concat", "cpp")
+
+
+def test_schema_file_parse_errors():
+    with pytest.raises(ValueError, match="cannot parse"):
+        schemas.parse_schema_file('PIMM_FAST_FUSED_OP(x "(Tensor a) -> Tensor")')
+    with pytest.raises(ValueError, match="defined twice"):
+        schemas.parse_schema_file('PIMM_FAST_PLAIN_OP(x, "() -> ()")\nPIMM_FAST_FUSED_OP(x, "() -> ()")')
+
+
+@needs_cpp
+def test_validate_labels_has_a_cpp_kernel():
+    assert schemas.SCHEMAS_FROM_LIBRARY
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("pimm_fast::validate_labels",
+                                                          "CompositeExplicitAutograd")
+    y = torch.tensor([[0, 1], [1, 1]])
+    assert torch.equal(pimm_fast.ops.validate_labels(y, 2, cascade=False), y.float())
+    with pytest.raises(ValueError, match="labels break the cascade at row 0: task 1 is 1 but task 0 is 0"):
+        pimm_fast.ops.validate_labels(y, 2)
+    out = pimm_fast.ops.validate_labels(torch.ones(2, 2), 2)
+    assert out.dtype == torch.float32
+
+
+BAD_LABELS = [
+    (torch.tensor([[0, 1], [1, 1], [1, 0], [0, 0]]), r"labels break the cascade at row 0: task 1 is 1 but task 0"),
+    (torch.tensor([[1.0, 0.5], [1, 1], [1, 0], [0, 0]]), r"labels must be 0 or 1: got 0.5 at row 0, task 1"),
+]
+
+
+@pytest.mark.parametrize("labels, match", BAD_LABELS)
+def test_bad_labels_raise_under_compile_as_in_eager(labels, match):
+    """In eval mode the models only check the labels (the output is unused): the op must not be dropped."""
+    torch._dynamo.reset()
+    model = pimm_fast.PIMM([5, 6], num_tasks=2).eval()
+    x = torch.randint(0, 5, (4, 2))
+    with pytest.raises(ValueError, match=match):
+        model(x, labels=labels)
+    with pytest.raises(ValueError, match=match):
+        torch.compile(model)(x, labels=labels)
+    good = torch.tensor([[1, 1], [1, 0], [0, 0], [1, 1]])
+    assert torch.allclose(torch.compile(model)(x, labels=good), model(x, labels=good))
+
+
+def test_export_in_eval_mode_keeps_validate_labels():
+    model = pimm_fast.PIMM([5, 6], num_tasks=2).eval()
+    x, y = torch.randint(0, 5, (4, 2)), torch.tensor([[1, 1], [1, 0], [0, 0], [1, 1]])
+    exported = torch.export.export(model, (x,), {"labels": y})
+    targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+    assert "pimm_fast.validate_labels.default" in targets
+    with pytest.raises(ValueError, match="labels break the cascade"):
+        exported.module()(x, labels=torch.tensor([[0, 1], [1, 1], [1, 0], [0, 0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# C++: the example program scores a CSV with the package, without Python
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def score_csv(tmp_path_factory) -> Path:
+    if shutil.which("cmake") is None or (shutil.which("c++") is None and shutil.which("g++") is None):
+        pytest.skip("cmake or a C++ compiler is missing")
+    build = tmp_path_factory.mktemp("examples-build")
+    configure = subprocess.run(["cmake", "-S", str(ROOT / "examples"), "-B", str(build),
+                                f"-DPython3_EXECUTABLE={sys.executable}",
+                                f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"], capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    result = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return build / "score_csv"
+
+
+def _run_cpp(binary: Path, package: Path, csv: Path) -> subprocess.CompletedProcess:
+    library = pimm_fast._extension.STATE.path
+    return subprocess.run([str(binary), str(package), library, str(csv)], capture_output=True, text=True, timeout=300)
+
+
+@needs_cpp
+@pytest.mark.parametrize("name", ["pimm-towers", "aitm", "ple"])
+def test_cpp_example_matches_python(score_csv, selfcheck_dir, tmp_path, name):
+    case = torch.load(selfcheck_dir / f"{name}-7.pt")
+    csv = tmp_path / "ids.csv"
+    csv.write_text("f0,f1,f2,f3\n" + "".join(",".join(str(int(v)) for v in row) + "\n" for row in case["ids"]))
+    result = _run_cpp(score_csv, selfcheck_dir / f"{name}.pt2", csv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "p_view,p_click,p_buy"
+    probs = torch.tensor([[float(v) for v in line.split(",")] for line in lines[1:]])
+    assert probs.shape == case["expected"].shape
+    assert (probs - case["expected"]).abs().max().item() <= 1e-6
+
+
+@needs_cpp
+def test_cpp_example_rejects_bad_ids(score_csv, pimm_package, tmp_path):
+    for row, match in [("0,0,0,13", "id 13 is out of range for field 3, which has 13 values"),
+                       ("0,-2,0,0", "id -2 is out of range for field 1"),
+                       ("0,0,0", "expected 4 id columns, got 3 columns"),
+                       ("0,x,0,0", "not an integer id")]:
+        csv = tmp_path / "bad.csv"
+        csv.write_text("1,2,3,4\n" + row + "\n")
+        result = _run_cpp(score_csv, pimm_package, csv)
+        assert result.returncode == 1 and match in result.stderr, result.stderr[-2000:]
+        assert result.stdout == ""
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("1,2,3,4\n")
+    result = _run_cpp(score_csv, tmp_path / "missing.pt2", foreign)
+    assert result.returncode == 1 and "score_csv: error:" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: pimm-fast export --checkpoint DIR --out model.pt2
+# ---------------------------------------------------------------------------------------------
+@needs_cpp
+def test_cli_export_from_a_checkpoint(tmp_path):
+    from pimm_fast import cli
+    from pimm_fast.train.commands import load_run_model
+
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", "synthetic:demo", "--samples", "3000", "--model", "esmm", "--embed-dim", "4",
+                     "--tower-dims", "16,8", "--seed", "3", "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    out = tmp_path / "model.pt2"
+    result = subprocess.run([sys.executable, "-m", "pimm_fast", "export", "--checkpoint", str(run), "--out", str(out)],
+                            capture_output=True, text=True, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exported ESMM" in result.stdout
+    model, _, _, test, splits = load_run_model(run, None, "cpu")  # the trained weights (best epoch), as evaluate reads them
+    fn = px.load(out)
+    assert fn.metadata["field_names"] == list(splits.field_names)
+    assert fn.metadata["task_names"] == list(test.task_names)
+    ids = test.x[:257]
+    assert (fn(ids) - model.eval()(ids)).abs().max().item() <= 1e-6
+
+
+def test_cli_export_errors(tmp_path):
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "pimm_fast", "export", *argv], capture_output=True, text=True,
+                              env=_env())
+
+    result = run("--checkpoint", str(tmp_path), "--out", str(tmp_path / "m.pt2"))
+    assert result.returncode == 2 and result.stderr.startswith("pimm-fast: error:") and "no checkpoint at" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "checkpoint.pt").write_text("garbage")
+    result = run("--checkpoint", str(tmp_path), "--out", str(tmp_path / "m.pt2"))
+    assert result.returncode == 2 and "truncated or not a torch checkpoint" in result.stderr
+    torch.save({"weights": {}}, tmp_path / "checkpoint.pt")
+    result = run("--checkpoint", str(tmp_path), "--out", str(tmp_path / "m.pt2"))
+    assert result.returncode == 2 and "is not a pimm_fast checkpoint" in result.stderr
+    result = run("--checkpoint", str(tmp_path), "--out", str(tmp_path / "m.zip"))
+    assert result.returncode == 2 and "--out must name a .pt2 file" in result.stderr
