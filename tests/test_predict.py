@@ -8,7 +8,7 @@ import torch
 
 from pimm_fast.cli import load_data, main
 from pimm_fast.train import predict
-from pimm_fast.train.commands import _load_run_model
+from pimm_fast.train.commands import load_run_model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_predict_keeps_row_order_count_and_ids(run_dir, tmp_path, suffix, capsys
     assert len(table["f0"]) == len(test) == 1000
     ids = torch.tensor([table[n] for n in names]).T
     assert torch.equal(ids, test.x.long())  # the test split's rows, in input order
-    model, *_ = _load_run_model(run_dir, None, "cpu")
+    model, *_ = load_run_model(run_dir, None, "cpu")
     probs = torch.tensor([table[f"p_{t}"] for t in test.task_names]).T
     expected = predict(model, test)
     if suffix == ".parquet":
@@ -69,7 +69,7 @@ def test_evaluate_prints_the_metrics(run_dir, tmp_path, capsys):
 def test_predict_from_an_exported_model(run_dir, tmp_path, capsys):
     from pimm_fast import export
 
-    model, *_ = _load_run_model(run_dir, None, "cpu")
+    model, *_ = load_run_model(run_dir, None, "cpu")
     package = tmp_path / "model.pt2"
     export.save(model, package)
     out = tmp_path / "p.parquet"

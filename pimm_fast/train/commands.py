@@ -310,7 +310,10 @@ def _predict_exported(args: argparse.Namespace):
         fail(f"--model needs pimm_fast.export, which this installation lacks ({err})")
     if not args.data:
         fail("--model FILE.pt2 needs --data SPEC (the rows to score)")
-    fn = export.load(args.model)
+    try:
+        fn = export.load(args.model)
+    except export.PackageError as err:
+        fail(str(err))
     meta = getattr(fn, "metadata", {})
     splits = load_splits(args.data, 300_000, 0)
     test = splits.test
