@@ -9,7 +9,7 @@ MAX_JOBS ?= 2
 ARGS ?=
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install train test bench info clean
+.PHONY: install train test test-torch211 bench info clean
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,26 @@ test: install
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest benchmarks -q --benchmark-disable
 
+# The GPU machines run torch 2.11 (with Triton 3.6): build a copy of the tree against torch 2.11 in its own
+# venv and build folder (the .so of `make install` stays untouched) and run the op tests there.
+VENV_211 ?= .venv-211
+BUILD_211 ?= .build-211
+PY211 := $(abspath $(VENV_211))/bin/python
+OP_TESTS ?= tests/test_ops.py tests/test_embedding.py tests/test_triton_ops.py tests/test_cuda_ops.py tests/test_build.py
+
+$(VENV_211)/.deps: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV_211)
+	$(PY211) -m pip install --upgrade pip
+	$(PY211) -m pip install torch==2.11.0
+	$(PY211) -m pip install -r requirements-dev.txt
+	touch $@
+
+test-torch211: $(VENV_211)/.deps
+	rm -rf $(BUILD_211) && mkdir -p $(BUILD_211)
+	git ls-files -co --exclude-standard | grep -v '^$(BUILD_211)/' | tar -cf - -T - | tar -xf - -C $(BUILD_211)
+	cd $(BUILD_211) && MAX_JOBS=$(MAX_JOBS) $(PY211) setup.py build_ext --inplace
+	cd $(BUILD_211) && PYTHONPATH=$$PWD $(PY211) -m pytest $(OP_TESTS) -q -p no:cacheprovider
+
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds $(ARGS)
 
@@ -38,4 +58,4 @@ info: install
 	$(PY) -m pimm_fast info
 
 clean:
-	rm -rf build *.egg-info pimm_fast/_C*.so pimm_fast/_build.json $(VENV)/.built
+	rm -rf build *.egg-info pimm_fast/_C*.so pimm_fast/_build.json $(VENV)/.built $(BUILD_211)

@@ -17,7 +17,6 @@ import torch
 NAMESPACE = "pimm_fast"
 KERNEL_BACKENDS = ("cpp", "cuda", "triton")
 _ALL = KERNEL_BACKENDS
-_COMPILED = ("cpp", "cuda")  # ops without a Triton kernel
 
 _UPDATE_ARGS = "Tensor grad_values, Tensor values, Tensor value_offsets, Tensor field_offsets, Tensor(a!) weight"
 
@@ -38,18 +37,18 @@ FUSED_OPS = {
     # Multi-hot fields: field-major bags of ids pooled by sum (0) or mean (1) per field.
     "embedding_bags_concat": (
         "(Tensor values, Tensor bag_offsets, Tensor weight, Tensor field_offsets, int[] pooling) -> Tensor",
-        _COMPILED),
+        _ALL),
     "embedding_bags_concat_backward": (
         "(Tensor grad_out, Tensor values, Tensor bag_offsets, Tensor field_offsets, int[] pooling, "
-        "SymInt num_rows) -> Tensor", _COMPILED),
+        "SymInt num_rows) -> Tensor", _ALL),
     # Fused optimizer steps: update the rows of `weight` (and their state) that the batch touched,
     # given field-major values and the gradient of each value's row.
-    "embedding_update_sgd": (f"({_UPDATE_ARGS}, float lr) -> ()", _COMPILED),
+    "embedding_update_sgd": (f"({_UPDATE_ARGS}, float lr) -> ()", _ALL),
     "embedding_update_rowwise_adagrad": (
-        f"({_UPDATE_ARGS}, Tensor(b!) state_sum, float lr, float eps) -> ()", _COMPILED),
+        f"({_UPDATE_ARGS}, Tensor(b!) state_sum, float lr, float eps) -> ()", _ALL),
     "embedding_update_adam": (
         f"({_UPDATE_ARGS}, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor(d!) step, float lr, float beta1, "
-        "float beta2, float eps) -> ()", _COMPILED),
+        "float beta2, float eps) -> ()", _ALL),
 }
 
 # Ops with a single implementation for every device (plain PyTorch run eagerly behind the op).
