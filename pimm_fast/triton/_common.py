@@ -6,9 +6,9 @@ import contextlib
 import torch
 import triton
 
-# Columns handled per step of a kernel's loop over D (or d): keeps a tile at <= BLOCK_ROWS x 64 values
+# Columns handled per step of a kernel's loop over D (or d): keeps a tile at <= BLOCK_ROWS x 32 values
 # in registers whatever the width, so that every width compiles without spilling.
-MAX_BLOCK_D = 64
+MAX_BLOCK_D = 32
 
 
 def device_guard(t: torch.Tensor):

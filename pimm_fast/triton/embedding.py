@@ -18,7 +18,7 @@ from .. import _checks
 from ._common import (block_d, check_embedding_bags_backward, check_embedding_concat_backward, compute_dtype,
                       device_guard)
 
-BLOCK_B = 64  # samples (or bags) per program
+BLOCK_B = 32  # samples (or bags) per program
 
 
 @triton.jit
