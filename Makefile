@@ -36,7 +36,8 @@ test: install
 VENV_211 ?= .venv-211
 BUILD_211 ?= .build-211
 PY211 := $(abspath $(VENV_211))/bin/python
-OP_TESTS ?= tests/test_ops.py tests/test_embedding.py tests/test_triton_ops.py tests/test_cuda_ops.py tests/test_build.py
+OP_TESTS ?= tests/test_ops.py tests/test_embedding.py tests/test_triton_ops.py tests/test_cuda_ops.py tests/test_build.py \
+	tests/test_triton_compile.py
 
 $(VENV_211)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV_211)
