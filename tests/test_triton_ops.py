@@ -196,6 +196,16 @@ def test_embedding_backward_direct_call_checks_ids_and_deterministic_mode_agrees
     torch.testing.assert_close(fast, R.embedding_concat_backward(grad, indices, offsets, weight.shape[0]))
 
 
+@pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="C++ kernels not built")
+def test_cpp_embedding_backward_direct_call_checks_ids():
+    """The same defect on the C++ backward (issue 11, item 12): a bad id raised nothing and wrote out of bounds."""
+    indices, weight, offsets = make_embedding_inputs(40, FIELD_DIMS, 3)
+    bad = indices.clone()
+    bad[3, 2] = 7
+    with pytest.raises(IndexError, match=r"id 7 out of range for field 2 \(size 7\) at sample 3"):
+        op("embedding_concat_backward", "cpp")(torch.randn(40, 12), bad, offsets, weight.shape[0])
+
+
 def test_embedding_grid_is_one_dimensional():
     """F on grid axis 1 was limited to 65535 fields; every launch now uses axis 0 only."""
     from pimm_fast.triton import embedding

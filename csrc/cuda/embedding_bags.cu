@@ -58,7 +58,7 @@ Bags bags_of(const char* op, const at::Tensor& values, const at::Tensor& bag_off
   }
   at::Tensor is_mean = at::empty({F}, at::TensorOptions().dtype(at::kBool));
   for (int64_t f = 0; f < F; ++f) is_mean.data_ptr<bool>()[f] = pooling[f] == 1;
-  is_mean = is_mean.to(values.device(), /*non_blocking=*/true).repeat_interleave(B);
+  is_mean = is_mean.to(values.device()).repeat_interleave(B);
   const at::Tensor per_bag =
       at::where(is_mean, 1.0 / lengths.clamp_min(1).to(ct), at::ones({1}, lengths.options().dtype(ct)));
   return {F, B, bag, ids + off.index_select(0, field), per_bag.index_select(0, bag)};
