@@ -210,7 +210,8 @@ def benchmarks(small: bool) -> dict:
     for batch in batches:
         x = zipf_ids(batch, device=DEV)
         F = x.shape[1]
-        rows = (x.long() + torch.tensor([0] + list(torch.tensor(FIELD_DIMS).cumsum(0)[:-1]), device=DEV)).unique()
+        dims = torch.tensor(FIELD_DIMS)
+        rows = (x.long() + (dims.cumsum(0) - dims).to(DEV)).unique()
         for dim in (EMBED_DIM, 64) if batch == 65536 else (EMBED_DIM,):
             nbytes = embedding_step_bytes(batch, F, dim, int(rows.numel()))
             entry = {"dim": dim, "unique_rows": int(rows.numel()), "bytes": nbytes, "bound_ms": hbm_bound_ms(nbytes),
