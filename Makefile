@@ -44,6 +44,8 @@ $(VENV_211)/.deps: requirements-dev.txt
 	$(PY211) -m pip install --upgrade pip
 	$(PY211) -m pip install torch==2.11.0
 	$(PY211) -m pip install -r requirements-dev.txt
+	# Triton 3.6's interpreter reads loop bounds with int() of a 1-element array, an error since numpy 2.4
+	$(PY211) -m pip install "numpy<2.4"
 	touch $@
 
 test-torch211: $(VENV_211)/.deps
