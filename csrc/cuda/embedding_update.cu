@@ -1,7 +1,8 @@
 // Fused optimizer steps for the embedding table on the GPU. The touched rows are sorted (a stable
 // at::sort, no host synchronisation); one warp per sorted position, and the warp at the head of a run
-// of equal rows sums the run's gradients in value order and updates that row and its optimizer state
-// once. Each row is written by one warp in a fixed order: deterministic, no atomics.
+// of equal rows sums the run's gradients (lanes over columns for short runs, over positions for the long
+// runs of hot ids) and updates that row and its optimizer state once. Each row is written by one warp in
+// a fixed order: deterministic, no atomics.
 //
 // Every input, the optimizer state and every id are checked before anything is written (a failing
 // call leaves the table and the state as they were): the ids on the device, read back in one flag
@@ -35,19 +36,49 @@ struct Hyper {
   const int64_t* step_ptr;        // Adam's counter on the device (already incremented), or null
 };
 
-// Sum over the run starting at sorted position i of column j's gradient, in value order.
+// Column j's gradient summed over the run [i, end) of equal rows. Short runs: the calling lane alone, in
+// value order. Long runs (hot ids): the 32 lanes take every 32nd position and a shuffle tree adds their
+// partial sums; every lane gets the sum. Both orders are fixed: deterministic.
+constexpr int64_t kLongRun = 32;
+
 template <typename acc_t>
-__device__ __forceinline__ acc_t run_sum(const acc_t* grad, const int64_t* sorted, const int64_t* perm, int64_t i,
-                                         int64_t n, int64_t row, int64_t j, int64_t D) {
+__device__ __forceinline__ acc_t run_sum_lane(const acc_t* grad, const int64_t* perm, int64_t i, int64_t end,
+                                              int64_t j, int64_t D) {
   acc_t g = 0;
-  for (int64_t k = i; k < n && sorted[k] == row; ++k) g += grad[perm[k] * D + j];
+  for (int64_t k = i; k < end; ++k) g += grad[perm[k] * D + j];
   return g;
 }
 
+template <typename acc_t>
+__device__ __forceinline__ acc_t run_sum_warp(const acc_t* grad, const int64_t* perm, int64_t i, int64_t end,
+                                              int64_t j, int64_t D, int lane) {
+  acc_t g = 0;
+  for (int64_t k = i + lane; k < end; k += 32) g += grad[perm[k] * D + j];
+  return warp_sum(g);
+}
+
 template <int kOpt, typename scalar_t, typename acc_t>
-__global__ void update_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ perm,
-                              const acc_t* __restrict__ grad, scalar_t* __restrict__ w, acc_t* __restrict__ s1,
-                              acc_t* __restrict__ s2, int64_t n, int64_t D, Hyper hp) {
+__device__ __forceinline__ void update_column(scalar_t* w, acc_t* s1, acc_t* s2, int64_t row, int64_t j, int64_t D,
+                                              acc_t g, acc_t scale, acc_t step_size, acc_t eps, const Hyper& hp) {
+  scalar_t* wr = w + row * D;
+  const acc_t wv = static_cast<acc_t>(wr[j]);
+  if (kOpt == kAdam) {
+    const int64_t k = row * D + j;
+    const acc_t m = s1[k] + (g - s1[k]) * static_cast<acc_t>(hp.one_minus_beta1);
+    const acc_t v = s2[k] + (g * g - s2[k]) * static_cast<acc_t>(hp.one_minus_beta2);
+    s1[k] = m;
+    s2[k] = v;
+    wr[j] = static_cast<scalar_t>(wv - step_size * m / (sqrt(v) + eps));
+  } else {
+    wr[j] = static_cast<scalar_t>(wv - scale * g);
+  }
+}
+
+template <int kOpt, typename scalar_t, typename acc_t>
+__global__ void update_kernel(const int64_t* __restrict__ sorted, const int64_t* __restrict__ ends,
+                              const int64_t* __restrict__ perm, const acc_t* __restrict__ grad,
+                              scalar_t* __restrict__ w, acc_t* __restrict__ s1, acc_t* __restrict__ s2, int64_t n,
+                              int64_t D, Hyper hp) {
   const int lane = threadIdx.x % 32;
   const acc_t lr = static_cast<acc_t>(hp.lr), eps = static_cast<acc_t>(hp.eps);
   acc_t step_size = static_cast<acc_t>(hp.host_step_size);
@@ -57,14 +88,22 @@ __global__ void update_kernel(const int64_t* __restrict__ sorted, const int64_t*
   }
   for (int64_t i = global_warp(); i < n; i += grid_warps()) {
     const int64_t row = sorted[i];
-    if (i > 0 && sorted[i - 1] == row) continue;  // not the head of its run
-    scalar_t* wr = w + row * D;
+    if (i > 0 && sorted[i - 1] == row) continue;  // not the head of its run (warp-uniform)
+    const int64_t end = ends[i];
+    const bool long_run = end - i > kLongRun;  // warp-uniform
     acc_t scale = lr;
     if (kOpt == kAdagrad) {  // G_r += mean(g_r^2); w_r -= lr g_r / (sqrt(G_r) + eps)
       acc_t sq = 0;
-      for (int64_t j = lane; j < D; j += 32) {
-        const acc_t g = run_sum(grad, sorted, perm, i, n, row, j, D);
-        sq += g * g;
+      if (long_run) {
+        for (int64_t j = 0; j < D; ++j) {
+          const acc_t g = run_sum_warp(grad, perm, i, end, j, D, lane);
+          sq += lane == 0 ? g * g : acc_t(0);
+        }
+      } else {
+        for (int64_t j = lane; j < D; j += 32) {
+          const acc_t g = run_sum_lane(grad, perm, i, end, j, D);
+          sq += g * g;
+        }
       }
       sq = warp_sum(sq);
       const acc_t G = s1[row] + sq / static_cast<acc_t>(D);
@@ -72,25 +111,23 @@ __global__ void update_kernel(const int64_t* __restrict__ sorted, const int64_t*
       if (lane == 0) s1[row] = G;
       scale = lr / (sqrt(G) + eps);
     }
-    for (int64_t j = lane; j < D; j += 32) {
-      const acc_t g = run_sum(grad, sorted, perm, i, n, row, j, D);
-      const acc_t wv = static_cast<acc_t>(wr[j]);
-      if (kOpt == kAdam) {
-        const int64_t k = row * D + j;
-        const acc_t m = s1[k] + (g - s1[k]) * static_cast<acc_t>(hp.one_minus_beta1);
-        const acc_t v = s2[k] + (g * g - s2[k]) * static_cast<acc_t>(hp.one_minus_beta2);
-        s1[k] = m;
-        s2[k] = v;
-        wr[j] = static_cast<scalar_t>(wv - step_size * m / (sqrt(v) + eps));
-      } else {
-        wr[j] = static_cast<scalar_t>(wv - scale * g);
+    if (long_run) {
+      for (int64_t j = 0; j < D; ++j) {
+        const acc_t g = run_sum_warp(grad, perm, i, end, j, D, lane);
+        if (j % 32 == lane) update_column<kOpt>(w, s1, s2, row, j, D, g, scale, step_size, eps, hp);
+      }
+    } else {
+      for (int64_t j = lane; j < D; j += 32) {
+        update_column<kOpt>(w, s1, s2, row, j, D, run_sum_lane(grad, perm, i, end, j, D), scale, step_size, eps,
+                            hp);
       }
     }
   }
 }
 
 struct Sorted {
-  at::Tensor rows, perm, grad;  // sorted rows [n], their positions in values [n], grad_values in acc type
+  at::Tensor rows, ends, perm, grad;  // sorted rows [n], end of each one's run [n], positions in values [n],
+                                      // grad_values in the compute type
 };
 
 // Checks the layout and every id on the device (one flag read), then sorts the touched rows.
@@ -122,7 +159,8 @@ Sorted prepare(const char* op, const at::Tensor& grad_values, const at::Tensor& 
   }
   const at::Tensor rows = F ? ids + off.index_select(0, field) : ids;
   auto [sorted, perm] = at::sort(rows, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  return {sorted, perm, grad_values.to(compute_type(weight.scalar_type())).contiguous()};
+  const at::Tensor ends = at::searchsorted(sorted, sorted, /*out_int32=*/false, /*right=*/true);
+  return {sorted, ends, perm, grad_values.to(compute_type(weight.scalar_type())).contiguous()};
 }
 
 template <int kOpt>
@@ -132,7 +170,7 @@ void launch(const Sorted& s, const at::Tensor& weight, const at::Tensor* s1, con
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "embedding_update_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     update_kernel<kOpt, scalar_t, acc_t><<<warp_grid(n), kThreads, 0, stream()>>>(
-        s.rows.data_ptr<int64_t>(), s.perm.data_ptr<int64_t>(), s.grad.data_ptr<acc_t>(),
+        s.rows.data_ptr<int64_t>(), s.ends.data_ptr<int64_t>(), s.perm.data_ptr<int64_t>(), s.grad.data_ptr<acc_t>(),
         weight.data_ptr<scalar_t>(), s1 ? s1->data_ptr<acc_t>() : nullptr, s2 ? s2->data_ptr<acc_t>() : nullptr, n, D,
         hp);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
