@@ -197,9 +197,12 @@ def training(small: bool) -> dict:
     """Loss after a few PIMM steps per provider: finite, and decreasing from the first step."""
     out = {}
     for provider in ("reference", "cuda", "triton", "cuda+compile", "triton+compile"):
-        step = _pimm_step(provider, 256 if small else 4096)
-        losses = [float(step()) for _ in range(5)]
-        out[provider] = {"losses": losses, "finite": all(l == l and abs(l) < 1e9 for l in losses)}
+        try:
+            step = _pimm_step(provider, 256 if small else 4096)
+            losses = [float(step()) for _ in range(5)]
+            out[provider] = {"losses": losses, "finite": all(l == l and abs(l) < 1e9 for l in losses)}
+        except Exception:  # noqa: BLE001  (recorded per provider: torch 2.11 fails FusedEmbedding + compile)
+            out[provider] = {"error": traceback.format_exc()[-1500:]}
     return out
 
 
@@ -239,10 +242,18 @@ def benchmarks(small: bool) -> dict:
     out["pim"] = {"batch": batch, "d": d, "ms": times,
                   "speedup": {b: times["reference"] / times[b] for b in BACKENDS}}
     step_batch = 4096 if small else 65536
-    step_ms = {p: _time(_pimm_step(p, step_batch), reps) for p in ("reference+compile", "cuda", "triton",
-                                                                    "cuda+compile", "triton+compile")}
-    out["pimm_step"] = {"batch": step_batch, "ms": step_ms, "speedup_vs_compiled_reference": {
-        b: step_ms["reference+compile"] / min(step_ms[b], step_ms[f"{b}+compile"]) for b in BACKENDS}}
+    step_ms, errors = {}, {}
+    for p in ("reference+compile", "reference", "cuda", "triton", "cuda+compile", "triton+compile"):
+        try:
+            step_ms[p] = _time(_pimm_step(p, step_batch), reps)
+        except Exception:  # noqa: BLE001
+            errors[p] = traceback.format_exc()[-1500:]
+    base = step_ms.get("reference+compile", step_ms.get("reference"))
+    out["pimm_step"] = {"batch": step_batch, "ms": step_ms, "errors": errors,
+                        "baseline": "reference+compile" if "reference+compile" in step_ms else "reference (eager)",
+                        "speedup_vs_compiled_reference": {
+                            b: base / min(v for k, v in step_ms.items() if k.split("+")[0] == b)
+                            for b in BACKENDS if any(k.split("+")[0] == b for k in step_ms)}}
     return out
 
 
