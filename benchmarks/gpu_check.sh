@@ -37,7 +37,7 @@ step triton_compile 150 "$PY" -m pimm_fast.triton.compile_check --arch "$ARCH" -
 COMPILE_PID=$!
 step build 150 env MAX_JOBS="$(nproc)" PIMM_FAST_CUDA=1 "$PY" setup.py build_ext --inplace
 wait "$COMPILE_PID"
-step tests 150 "$PY" -m pytest "${GPU_TESTS[@]}" -q -x -p no:cacheprovider --junitxml="$OUT/tests.xml" \
+step tests 150 "$PY" -m pytest "${GPU_TESTS[@]}" -q -p no:cacheprovider --junitxml="$OUT/tests.xml" \
   -k "not thread_counts"
 step probe 120 "$PY" -m benchmarks.gpu_probe --out "$OUT/probe.json"
 if command -v compute-sanitizer > /dev/null; then
