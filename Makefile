@@ -9,7 +9,7 @@ MAX_JOBS ?= 2
 ARGS ?=
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install train test bench info clean
+.PHONY: install train test test-torch211 bench info clean
 
 $(VENV)/.deps: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,33 @@ test: install
 	$(PY) -m pytest tests -q
 	$(PY) -m pytest benchmarks -q --benchmark-disable
 
+# The GPU machines run torch 2.11 (with Triton 3.6): build a copy of the tree against torch 2.11 in its own
+# venv and build folder (the .so of `make install` stays untouched) and run the op tests there.
+VENV_211 ?= .venv-211
+BUILD_211 ?= .build-211
+PY211 := $(abspath $(VENV_211))/bin/python
+OP_TESTS ?= tests/test_ops.py tests/test_embedding.py tests/test_triton_ops.py tests/test_cuda_ops.py tests/test_build.py \
+	tests/test_triton_compile.py
+
+$(VENV_211)/.deps: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV_211)
+	$(PY211) -m pip install --upgrade pip
+	$(PY211) -m pip install torch==2.11.0
+	$(PY211) -m pip install -r requirements-dev.txt
+	# Triton 3.6's interpreter reads loop bounds with int() of a 1-element array, an error since numpy 2.4
+	$(PY211) -m pip install "numpy<2.4"
+	touch $@
+
+test-torch211: $(VENV_211)/.deps
+	rm -rf $(BUILD_211) && mkdir -p $(BUILD_211)
+	git ls-files -co --exclude-standard | grep -v '^$(BUILD_211)/' | tar -cf - -T - | tar -xf - -C $(BUILD_211)
+	cd $(BUILD_211) && MAX_JOBS=$(MAX_JOBS) $(PY211) setup.py build_ext --inplace
+	# Deselected: FusedEmbedding under torch.compile fails on torch 2.11 (AOT autograd copies the updated
+	# table back into the Parameter under grad mode: "a leaf Variable that requires grad is being used in
+	# an in-place operation"); it passes on 2.14. Known, open: see docs/gpu.md.
+	cd $(BUILD_211) && PYTHONPATH=$$PWD $(PY211) -m pytest $(OP_TESTS) -q -p no:cacheprovider \
+		--deselect tests/test_embedding.py::test_fused_embedding_under_torch_compile
+
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds $(ARGS)
 
@@ -38,4 +65,4 @@ info: install
 	$(PY) -m pimm_fast info
 
 clean:
-	rm -rf build *.egg-info pimm_fast/_C*.so pimm_fast/_build.json $(VENV)/.built
+	rm -rf build *.egg-info pimm_fast/_C*.so pimm_fast/_build.json $(VENV)/.built $(BUILD_211)

@@ -119,11 +119,15 @@ inline void check_embedding_bags(const at::Tensor& values, const at::Tensor& bag
   check_same_device(op, weight, "weight", field_offsets, "field_offsets");
 }
 
-// Returns D, the embedding width.
-inline int64_t check_embedding_bags_backward(const at::Tensor& grad_out, const at::Tensor& field_offsets) {
+// Returns D, the embedding width. grad_out must be [B, F*D] with B the batch of the bags.
+inline int64_t check_embedding_bags_backward(const at::Tensor& grad_out, const at::Tensor& field_offsets,
+                                             const at::Tensor& bag_offsets) {
   const int64_t F = field_offsets.numel();
-  TORCH_CHECK_VALUE(grad_out.dim() == 2 && F > 0 && grad_out.size(1) % F == 0,
-                    "embedding_bags_concat_backward: grad_out must be [B, F*D], got ", grad_out.sizes());
+  const int64_t B = F ? (bag_offsets.numel() - 1) / F : 0;
+  TORCH_CHECK_VALUE(grad_out.dim() == 2 && F > 0 && grad_out.size(1) % F == 0 && grad_out.size(0) == B,
+                    "embedding_bags_concat_backward: grad_out must be [B, F*D] with B = ", B,
+                    " bags per field and F = ", F, ", got ", grad_out.sizes());
+  check_same_device("embedding_bags_concat_backward", grad_out, "grad_out", bag_offsets, "bag_offsets");
   return grad_out.size(1) / F;
 }
 
@@ -152,6 +156,28 @@ inline void check_update(const at::Tensor& grad_values, const at::Tensor& values
   check_same_device(op, weight, "weight", field_offsets, "field_offsets");
 }
 
+// Optimizer state of the fused updates: compute type of the table (fp32, fp64 for fp64 tables), one
+// value per row (row-wise Adagrad) or per element (Adam), contiguous, on the table's device.
+inline void check_state(const char* op, const char* name, const at::Tensor& state, const at::Tensor& weight,
+                        bool per_element) {
+  const at::ScalarType expected = compute_type(weight.scalar_type());
+  TORCH_CHECK_TYPE(state.scalar_type() == expected, op, ": ", name, " must have dtype ", dtype_name(expected),
+                   " for a ", dtype_name(weight.scalar_type()), " table, got ", dtype_name(state.scalar_type()));
+  const bool shape_ok = per_element ? state.sizes() == weight.sizes()
+                                    : (state.dim() == 1 && state.size(0) == weight.size(0));
+  TORCH_CHECK_VALUE(shape_ok, op, ": ", name, " must have shape ",
+                    per_element ? weight.sizes() : at::IntArrayRef{weight.size(0)}, ", got ", state.sizes());
+  TORCH_CHECK_VALUE(state.is_contiguous() && state.device() == weight.device(), op, ": ", name,
+                    " must be contiguous and on the device of weight");
+}
+
+// Adam's step counter: one int64 for the table, on the CPU or on the table's device.
+inline void check_step(const char* op, const at::Tensor& step, const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(step.dim() == 0 && step.scalar_type() == at::kLong &&
+                        (step.device().is_cpu() || step.device() == weight.device()),
+                    op, ": step must be a 0-dim int64 tensor on the CPU or on the device of weight");
+}
+
 // Host copy of value_offsets, checked to run from 0 to n without decreasing.
 inline std::vector<int64_t> host_value_offsets(const at::Tensor& value_offsets, int64_t n) {
   const at::Tensor vo = value_offsets.to(at::kCPU).contiguous();
@@ -173,6 +199,8 @@ inline void check_pim_attention(const at::Tensor& v, const at::Tensor& h_prev,
   TORCH_CHECK_VALUE(v.dim() == 2, op, ": v must be [B, d], got shape ", v.sizes());
   TORCH_CHECK_TYPE(is_float(v.scalar_type()), op, ": v must be a floating tensor, got ", dtype_name(v.scalar_type()));
   const int64_t B = v.size(0), d = v.size(1);
+  TORCH_CHECK_VALUE(B < (int64_t{1} << 31), op, ": the batch must have fewer than 2^31 samples (the draw counts in "
+                    "32 bits), got ", B);
   auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape, bool same_dtype) {
     TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, " must have shape ", shape, " (B=", B, ", d=", d,
                       "), got ", t.sizes());
@@ -205,6 +233,21 @@ inline void check_pim_attention_backward(const at::Tensor& grad_u, const at::Ten
                     v.sizes(), ", got ", grad_u.sizes());
   TORCH_CHECK_VALUE(select.scalar_type() == at::kBool && select.sizes() == at::IntArrayRef{v.size(0)},
                     "pim_attention_backward: select must be bool [B]");
+  check_same_device("pim_attention_backward", v, "v", grad_u, "grad_u");
+  check_same_device("pim_attention_backward", v, "v", select, "select");
+}
+
+// p (0-dim float) and seed (0-dim int64): metadata only, nothing read. They may live on the CPU next to
+// device data, or on the data's device.
+inline void check_p_seed(const at::Tensor& p, const at::Tensor& seed, const at::Tensor& v) {
+  const char* op = "pim_attention";
+  TORCH_CHECK_VALUE(p.dim() == 0, op, ": p must be a 0-dim tensor, got shape ", p.sizes());
+  TORCH_CHECK_TYPE(is_float(p.scalar_type()), op, ": p must be a floating tensor, got ", dtype_name(p.scalar_type()));
+  TORCH_CHECK_VALUE(seed.dim() == 0, op, ": seed must be a 0-dim tensor, got shape ", seed.sizes());
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, op, ": seed must have dtype int64, got ",
+                   dtype_name(seed.scalar_type()));
+  if (!p.device().is_cpu()) check_same_device(op, v, "v", p, "p");
+  if (!seed.device().is_cpu()) check_same_device(op, v, "v", seed, "seed");
 }
 
 // p (0-dim float) and seed (0-dim int64) are read on the host.

@@ -215,13 +215,6 @@ def test_fused_embedding_constructor_errors(kwargs, error, match):
         FusedEmbedding(FIELD_DIMS, 4, **kwargs)
 
 
-@pytest.mark.skipif(not backends.triton_available("cpu"), reason="needs triton")
-def test_backend_without_a_fused_kernel_says_so():
-    emb = FusedEmbedding(FIELD_DIMS, 4, backend="triton")
-    with pytest.raises(RuntimeError, match="backend 'triton' has no fused adam kernel"):
-        emb(batch_ids(4))
-
-
 # ---------------------------------------------------------------------------------------------
 # multi-hot fields (bags)
 # ---------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ at::Tensor embedding_bags_concat(const at::Tensor& values, const at::Tensor& bag
 at::Tensor embedding_bags_concat_backward(const at::Tensor& grad_out, const at::Tensor& values,
                                           const at::Tensor& bag_offsets, const at::Tensor& field_offsets,
                                           at::IntArrayRef pooling, int64_t num_rows) {
-  const int64_t D = check_embedding_bags_backward(grad_out, field_offsets);
+  const int64_t D = check_embedding_bags_backward(grad_out, field_offsets, bag_offsets);
   const BagLayout L = layout_of(values, bag_offsets, field_offsets, num_rows, D);
   TORCH_CHECK_VALUE(grad_out.size(0) == L.B, "embedding_bags_concat_backward: grad_out has ", grad_out.size(0),
                     " rows for ", L.B, " samples");

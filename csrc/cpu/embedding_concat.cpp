@@ -61,6 +61,8 @@ at::Tensor embedding_concat_backward(const at::Tensor& grad_out, const at::Tenso
   const at::ScalarType acc_type = compute_type(grad.scalar_type());
   at::Tensor acc = at::zeros({num_rows, D}, grad.options().dtype(acc_type));
   const int64_t* off = off_t.data_ptr<int64_t>();
+  // A direct call (not through autograd, whose forward checked them) may carry any id: never write out of bounds.
+  const std::vector<int64_t> sizes = field_sizes(field_offsets, num_rows);
   AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "embedding_concat_backward_cpu", [&] {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "embedding_concat_backward_cpu",
                                     [&] {
@@ -71,7 +73,10 @@ at::Tensor embedding_concat_backward(const at::Tensor& grad_out, const at::Tenso
       at::parallel_for(0, F, 1, [&](int64_t f0, int64_t f1) {
         for (int64_t f = f0; f < f1; ++f) {
           for (int64_t b = 0; b < B; ++b) {
-            acc_t* row = acc_p + (off[f] + id_p[b * F + f]) * D;
+            const int64_t id = static_cast<int64_t>(id_p[b * F + f]);
+            TORCH_CHECK_INDEX(id >= 0 && id < sizes[f], "embedding_concat_backward: id ", id,
+                              " out of range for field ", f, " (size ", sizes[f], ") at sample ", b);
+            acc_t* row = acc_p + (off[f] + id) * D;
             const scalar_t* g_row = g_p + (b * F + f) * D;
             for (int64_t j = 0; j < D; ++j) row[j] += static_cast<acc_t>(g_row[j]);
           }

@@ -94,19 +94,6 @@ Layout check_and_layout(const at::Tensor& grad_values, const at::Tensor& values,
   return layout;
 }
 
-void check_state(const char* op, const char* name, const at::Tensor& state, const at::Tensor& weight,
-                 bool per_element) {
-  const at::ScalarType expected = compute_type(weight.scalar_type());
-  TORCH_CHECK_TYPE(state.scalar_type() == expected, op, ": ", name, " must have dtype ", dtype_name(expected),
-                   " for a ", dtype_name(weight.scalar_type()), " table, got ", dtype_name(state.scalar_type()));
-  const bool shape_ok = per_element ? state.sizes() == weight.sizes()
-                                    : (state.dim() == 1 && state.size(0) == weight.size(0));
-  TORCH_CHECK_VALUE(shape_ok, op, ": ", name, " must have shape ",
-                    per_element ? weight.sizes() : at::IntArrayRef{weight.size(0)}, ", got ", state.sizes());
-  TORCH_CHECK_VALUE(state.is_contiguous() && state.device() == weight.device(), op, ": ", name,
-                    " must be contiguous and on the device of weight");
-}
-
 // Rows are scattered over tables of hundreds of MB; fetching the rows of a later slot while this one
 // is updated hides most of the memory latency.
 constexpr int64_t kPrefetchDistance = 8;
@@ -197,8 +184,7 @@ void embedding_update_adam(const at::Tensor& grad_values, const at::Tensor& valu
   const Layout layout = check_and_layout(grad_values, values, value_offsets, field_offsets, weight);
   check_state(op, "exp_avg", exp_avg, weight, /*per_element=*/true);
   check_state(op, "exp_avg_sq", exp_avg_sq, weight, /*per_element=*/true);
-  TORCH_CHECK_VALUE(step.dim() == 0 && step.scalar_type() == at::kLong && step.device().is_cpu(), op,
-                    ": step must be a 0-dim int64 CPU tensor");
+  check_step(op, step, weight);
   const int64_t t = ++*step.data_ptr<int64_t>();  // one counter for the table, as torch.optim.SparseAdam
   const double step_size = lr * std::sqrt(1 - std::pow(beta2, t)) / (1 - std::pow(beta1, t));
   const int64_t D = weight.size(1);

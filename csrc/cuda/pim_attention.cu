@@ -17,8 +17,6 @@
 namespace pimm_fast::cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = kThreads / 32;
-
 enum ErrorSlot { kNanPred = 0, kBadLabel = 1, kBadP = 2, kBadSeed = 3, kNumSlots = 4 };
 
 // select and y* per sample; validates pred (no NaN), label (0/1), p in [0, 1] and seed >= 0.
@@ -30,6 +28,10 @@ __global__ void draw_kernel(const T* __restrict__ label, const T* __restrict__ p
   if (i >= B) return;
   const T pr = pred[i];
   if (isnan(static_cast<double>(pr))) flag_error(errors + kNanPred, i);
+  if (draw && i == 0) {  // p and seed are checked with or without labels, as on every backend
+    if (!(*p >= 0.f && *p <= 1.f)) flag_error(errors + kBadP, 0);
+    if (*seed < 0) flag_error(errors + kBadSeed, 0);
+  }
   bool sel = false;
   if (label != nullptr) {
     const T y = label[i];
@@ -37,8 +39,6 @@ __global__ void draw_kernel(const T* __restrict__ label, const T* __restrict__ p
     if (draw) {
       const float pv = *p;
       const int64_t sv = *seed;
-      if (i == 0 && !(pv >= 0.f && pv <= 1.f)) flag_error(errors + kBadP, 0);
-      if (i == 0 && sv < 0) flag_error(errors + kBadSeed, 0);
       sel = philox_uniform(static_cast<uint64_t>(sv), static_cast<uint32_t>(i)) < pv;
     } else {
       sel = select[i];
@@ -167,9 +167,10 @@ std::tuple<at::Tensor, at::Tensor> pim_attention(
     const at::Tensor& w_v, const at::Tensor& p, const at::Tensor& seed, const std::optional<at::Tensor>& b_q,
     const std::optional<at::Tensor>& b_k, const std::optional<at::Tensor>& b_v) {
   check_pim_attention(v, h_prev, label_prev, pred_prev, w_prior, w_q, w_k, w_v, b_q, b_k, b_v);
-  TORCH_CHECK_VALUE(p.dim() == 0 && seed.dim() == 0 && seed.scalar_type() == at::kLong && is_float(p.scalar_type()),
-                    "pim_attention: p must be a 0-dim float tensor and seed a 0-dim int64 tensor");
+  check_p_seed(p, seed, v);
   const c10::cuda::CUDAGuard guard(v.device());
+  if (p.device().is_cpu()) read_p(p);  // on the host: checked here without a sync (on the device: by the kernel)
+  if (seed.device().is_cpu()) read_seed(seed);
   const Prepared in = prepare(v, h_prev, label_prev, pred_prev, w_prior);
   const ScoreForm form = score_form(w_q, w_k, b_q, b_k, in.ct);
   const at::Tensor p_dev = p.to(v.device(), at::kFloat), seed_dev = seed.to(v.device());

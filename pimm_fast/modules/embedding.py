@@ -181,7 +181,7 @@ class FusedEmbedding(FieldEmbedding):
             return getattr(reference, name)
         if not ops.schemas.has_op(name, backend):
             raise RuntimeError(f"FusedEmbedding: backend {backend!r} has no fused {self.optimizer} kernel; "
-                               f"use backend='cpp' (CPU), 'cuda' or 'reference'")
+                               f"use backend='cpp' (CPU), 'cuda', 'triton' or 'reference'")
         return ops.op(name, backend)
 
     def forward(self, x: Ids) -> torch.Tensor:

@@ -49,7 +49,7 @@ def embedding_bags_concat(values: torch.Tensor, bag_offsets: torch.Tensor, weigh
     if chosen == "reference":
         return reference.embedding_bags_concat(values, bag_offsets, weight, field_offsets, pooling)
     if not schemas.has_op("embedding_bags_concat", chosen):
-        raise RuntimeError(f"backend {chosen!r} has no multi-hot (bags) kernel; use 'cpp', 'cuda' or 'reference'")
+        raise RuntimeError(f"backend {chosen!r} has no multi-hot (bags) kernel; use 'cpp', 'cuda', 'triton' or 'reference'")
     return op("embedding_bags_concat", chosen)(values, bag_offsets, weight, field_offsets, list(pooling))
 
 

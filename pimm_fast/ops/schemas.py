@@ -27,10 +27,11 @@ NAMESPACE = "pimm_fast"
 KERNEL_BACKENDS = ("cpp", "cuda", "triton")
 SCHEMA_FILE = Path(__file__).with_name("schemas.def")
 
-# Fused ops whose ``.triton`` overload has a kernel (registered by triton_impl.py). The other
-# ``.triton`` overloads exist (every fused op has all three) but have no kernel yet.
+# Fused ops whose ``.triton`` overload has a kernel (registered by triton_impl.py; a test holds the two
+# lists together). Every fused op has one.
 TRITON_KERNELS = frozenset({"embedding_concat", "embedding_concat_backward", "pim_attention",
-                            "pim_attention_backward"})
+                            "pim_attention_backward", "embedding_bags_concat", "embedding_bags_concat_backward",
+                            "embedding_update_sgd", "embedding_update_rowwise_adagrad", "embedding_update_adam"})
 
 _ENTRY = re.compile(r'PIMM_FAST_(FUSED|PLAIN)_OP\(\s*(\w+)\s*,\s*((?:"[^"\n]*"\s*)+)\)')
 

@@ -10,6 +10,11 @@ _MODULES = {
     "embedding_concat_backward": "embedding",
     "pim_attention": "pim",
     "pim_attention_backward": "pim",
+    "embedding_bags_concat": "embedding",
+    "embedding_bags_concat_backward": "embedding",
+    "embedding_update_sgd": "update",
+    "embedding_update_rowwise_adagrad": "update",
+    "embedding_update_adam": "update",
 }
 
 
