@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    from .distributed.command import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(train)  # --embedding torchrec, --distributed, --sharding, ...
 
     sub.add_parser("info", help="print what was built and which backends can run")
     return parser
@@ -143,7 +146,11 @@ def build_model(args: argparse.Namespace, train):
     kwargs = {"embed_dim": args.embed_dim, "backend": args.backend, "task_names": train.task_names}
     if args.tower_dims is not None:
         kwargs["tower_dims"] = args.tower_dims
-    if args.embedding_optimizer != "dense":
+    if getattr(args, "embedding", None) == "torchrec" or getattr(args, "distributed", False):
+        from .distributed.command import torchrec_embedding_from_args
+
+        kwargs["embedding"] = torchrec_embedding_from_args(args, train, sharded=getattr(args, "distributed", False))
+    elif args.embedding_optimizer != "dense":
         kwargs["embedding"] = pimm_fast.FusedEmbedding(
             field_dims, args.embed_dim, optimizer=args.embedding_optimizer, pooling=pooling,
             lr=args.embedding_lr if args.embedding_lr is not None else args.lr, backend=args.backend)
@@ -165,8 +172,12 @@ def build_model(args: argparse.Namespace, train):
 
 def cmd_train(args: argparse.Namespace) -> int:
     import pimm_fast
+    from .distributed.command import check_args, run as run_distributed
     from .train import TrainConfig, evaluate, fit
 
+    check_args(args)
+    if args.distributed:
+        return run_distributed(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
