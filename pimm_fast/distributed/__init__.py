@@ -28,6 +28,7 @@ _LAZY = {
     "agree": ".parallel",
     "save_checkpoint": ".parallel",
     "load_checkpoint": ".parallel",
+    "load_into_local": ".parallel",
     "fit_distributed": ".loop",
     "evaluate_distributed": ".loop",
     "predict_distributed": ".loop",

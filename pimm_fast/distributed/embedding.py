@@ -137,9 +137,9 @@ class TorchRecEmbedding(nn.Module):
         self.optimizer, self.lr, self.init_std, self.seed = optimizer, float(lr), float(init_std), int(seed)
         self.sharded = bool(sharded)
         device = torch.device(device if device is not None else "cpu")
-        check_optimizer_device(optimizer, device)
         self.optimizer_class, self.optimizer_kwargs = optimizer_spec(optimizer, lr, betas, eps, embed_dim,
                                                                      self.table_dim)
+        check_optimizer_device(optimizer, device)
         self.keys = [feature_name(f) for f in range(len(self.field_dims))]
         self.tables = [EmbeddingBagConfig(name=table_name(f), embedding_dim=self.table_dim, num_embeddings=n,
                                           feature_names=[feature_name(f)], pooling=_POOLING[modes[f]])

@@ -15,7 +15,7 @@ import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -213,13 +213,14 @@ def init_tables(dmp: DistributedModelParallel, emb: TorchRecEmbedding, prefix: s
 
 def shard_model(model: nn.Module, device: torch.device, sharding: str = "auto", lr: float = 2e-3,
                 weight_decay: float = 0.0, batch_size: Optional[int] = None, seed: int = 0,
-                timeout_s: float = DEFAULT_TIMEOUT_S) -> ShardedModel:
+                timeout_s: float = DEFAULT_TIMEOUT_S,
+                dense_optimizer: Optional[Callable[[list], torch.optim.Optimizer]] = None) -> ShardedModel:
     """Shard ``model``'s TorchRec tables over the default process group and wrap the rest in DDP.
 
     ``sharding``: "auto" lets the planner choose table-wise or row-wise per table; "table_wise" /
-    "row_wise" force one. The dense optimizer is Adam(lr, weight_decay) over the parameters that have no
-    in-backward optimizer (TorchRec's filter), so every table is trained by its fused optimizer and
-    nothing else.
+    "row_wise" force one. The dense optimizer, ``dense_optimizer(params)`` or by default Adam(lr,
+    weight_decay), covers the parameters that have no in-backward optimizer (TorchRec's filter), so every
+    table is trained by its fused optimizer and nothing else.
     """
     if sharding != "auto" and sharding not in SHARDINGS:
         raise ValueError(f"unknown sharding {sharding!r}; choose auto, {', '.join(SHARDINGS)}")
@@ -239,8 +240,10 @@ def shard_model(model: nn.Module, device: torch.device, sharding: str = "auto", 
                                    plan=plan, sharders=[sharder])
     prefix = next(name for name, m in dmp.module.named_modules() if m is emb)
     init_tables(dmp, emb, prefix + "." if prefix else "")
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                  lambda params: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay))
+    if dense_optimizer is None:
+        def dense_optimizer(params):
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())), dense_optimizer)
     optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
     return ShardedModel(dmp=dmp, embedding=emb, optimizer=optimizer, dense_optimizer=dense,
                         plan=plan_summary(plan), device=device, rank=rank, world=world, seed=seed, timeout_s=timeout_s)
@@ -318,10 +321,14 @@ def load_checkpoint(sm: ShardedModel, path: Path) -> dict:
     resharded to this run's plan). Returns its progress record."""
     path = resolve_checkpoint(path)
     sm.dense_optimizer.init_state()  # Adam's state is lazy: create it so that it can be loaded in place
-    state = {"model": sm.dmp.state_dict(), "optim": sm.optimizer.state_dict()}
+    state = {"model": sm.dmp.state_dict()}
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    if any(key.startswith("optim.") for key in saved):  # plain SGD everywhere has no state at all
+        state["optim"] = sm.optimizer.state_dict()
     dcp.load(state, checkpoint_id=str(path))
     sm.dmp.load_state_dict(state["model"])
-    sm.optimizer.load_state_dict(state["optim"])
+    if "optim" in state:
+        sm.optimizer.load_state_dict(state["optim"])
     progress_file = path / "progress.json"
     return json.loads(progress_file.read_text()) if progress_file.is_file() else {}
 
