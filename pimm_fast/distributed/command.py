@@ -85,10 +85,23 @@ def check_args(args: argparse.Namespace) -> None:
         raise fail(f"--resume-sharded: {args.resume_sharded} does not exist")
 
 
+def quiet_libraries() -> None:
+    """TorchRec, FBGEMM and torch.distributed warn about their own internals (deprecations, the planner's
+    topology, DDP's static graph) on every rank: noise in a training log. Errors still show."""
+    import logging
+    import warnings
+
+    for module in (r"torchrec(\..*)?", r"fbgemm_gpu(\..*)?", r"torch\.distributed(\..*)?", r"torch\.fx(\..*)?"):
+        warnings.filterwarnings("ignore", module=module)
+    for name in ("torchrec", "fbgemm_gpu", "torch.distributed", "torch.fx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run(args: argparse.Namespace) -> int:
     """The --distributed training run; every rank runs it, rank 0 prints and writes files. Exits the process
     explicitly after destroying the process group (ranks that leave it alive may abort at exit)."""
     check_args(args)
+    quiet_libraries()
     from . import parallel
 
     code = 0
