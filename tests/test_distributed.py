@@ -302,6 +302,15 @@ def test_torchrun_cli(tmp_path):
     assert result["processes"] == 2 and 0.5 < result["test"]["auc"][0] <= 1.0
     assert (tmp_path / "ck" / "latest").read_text().strip() == "epoch-1"
     assert (tmp_path / "ck" / "epoch-1" / ".metadata").is_file()
+    # resumed by one process (no torchrun: rank 0 of a world of 1) for the second epoch
+    resume = [sys.executable, "-m", "pimm_fast", *cmd[cmd.index("train"):]]
+    resume[resume.index("--epochs") + 1] = "2"
+    resume += ["--resume-sharded", str(tmp_path / "ck")]
+    proc = subprocess.run(resume, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "at epoch 1 (saved by 2 process(es))" in proc.stdout
+    assert "epoch 2/2" in proc.stdout and "epoch 1/2" not in proc.stdout
+    assert (tmp_path / "ck" / "latest").read_text().strip() == "epoch-2"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -374,3 +383,27 @@ def test_without_torchrec_the_package_imports_and_says_how_to_install(monkeypatc
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("pimm-fast: error: --distributed needs TorchRec") and "fbgemm-gpu-cpu" in err
+
+
+@requires_torchrec
+def test_cli_one_process_torchrec_embedding(tmp_path, capsys):
+    from pimm_fast.cli import main
+
+    out = tmp_path / "out.json"
+    assert main(["train", "--embedding", "torchrec", "--samples", "3000", "--epochs", "1", "--batch-size", "256",
+                 "--model", "esmm", "--tower-dims", "16,8", "--no-progress", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "embedding optimizer rowwise_adagrad" in printed  # the CPU default for a TorchRec table
+    result = json.loads(out.read_text())
+    assert result["args"]["embedding"] == "torchrec" and 0.0 <= result["test"]["auc"][0] <= 1.0
+
+
+def test_cli_distributed_options_need_distributed(capsys):
+    from pimm_fast.cli import main
+
+    for argv, message in ((["--sharding", "row_wise"], "--sharding needs --distributed"),
+                          (["--sharded-checkpoint", "ck"], "--sharded-checkpoint needs --distributed")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", *argv])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip() == f"pimm-fast: error: {message}"

@@ -113,10 +113,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout = open(os.devnull, "w")
     try:
         _train(args, rank, world, device)
-    except SystemExit as err:
+    except SystemExit as err:  # fail() printed its line already; cli.load_data passes its message
         code = err.code if isinstance(err.code, int) else 2
         if not isinstance(err.code, int) and err.code:
-            print(f"pimm-fast: error: rank {rank}: {err.code}", file=sys.stderr, flush=True)
+            text = str(err.code).removeprefix("pimm-fast: ").removeprefix("error: ")
+            print(f"pimm-fast: error: rank {rank}: {text}", file=sys.stderr, flush=True)
     except Exception as err:  # noqa: BLE001: every failure ends the rank with one line, not a hang
         message = parallel.explain_timeout(err, args.dist_timeout) or f"rank {rank}: {type(err).__name__}: {err}"
         if not message.startswith("rank "):
