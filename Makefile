@@ -32,7 +32,7 @@ $(VENV)/.torchrec: $(VENV)/.deps
 	if [ -e /dev/nvidia0 ] || nvidia-smi -L >/dev/null 2>&1; then \
 		echo "NVIDIA GPU found: keeping fbgemm-gpu (CUDA)"; \
 	else \
-		$(PY) -m pip uninstall -y fbgemm-gpu fbgemm_gpu; \
+		$(PY) -m pip uninstall -y fbgemm-gpu; \
 		$(PY) -m pip install --no-deps --force-reinstall fbgemm-gpu-cpu==$(FBGEMM_VERSION); \
 	fi
 	$(PY) -c "import torch, fbgemm_gpu, torchrec; v = torch.__version__.split('+')[0]; \
