@@ -149,6 +149,9 @@ def _sharded_body(rank: int, world: int, out: Path) -> None:
     dense = {name: p.detach().clone() for name, p in in_backward_optimizer_filter(sm.dmp.named_parameters())}
     every_rank = [None] * world
     dist.all_gather_object(every_rank, dense)
+    sm.seed_rank(0)
+    draws = [None] * world
+    dist.all_gather_object(draws, torch.randint(0, 2**62, (4,)))  # PIMM's Philox seeds come from this stream
     result = evaluate_distributed(sm, test, batch_size=100)  # 256 rows: 50 per rank and batch, a short tail
     probs = predict_distributed(sm, test, batch_size=100)
     save_checkpoint(sm, out / "checkpoints", "after", {"epoch": 1})
@@ -157,7 +160,7 @@ def _sharded_body(rank: int, world: int, out: Path) -> None:
     load_checkpoint(other, out / "checkpoints")
     after = predict_distributed(other, test, batch_size=100)
     if rank == 0:
-        torch.save({"every_rank": every_rank, "result": result, "probs": probs, "before": before, "after": after,
+        torch.save({"every_rank": every_rank, "draws": draws, "result": result, "probs": probs, "before": before, "after": after,
                     "plans": [sm.plan, other.plan]}, out / "result.pt")
 
 
@@ -229,6 +232,13 @@ def test_dense_parameters_identical_on_both_ranks(sharded_run):
     assert rank0.keys() == rank1.keys() and len(rank0) > 10
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
+
+
+@requires_torchrec
+def test_each_rank_draws_its_own_seeds(sharded_run):
+    _, run = sharded_run
+    rank0, rank1 = run["draws"]
+    assert not torch.equal(rank0, rank1)
 
 
 @requires_torchrec
@@ -398,10 +408,13 @@ def test_cli_one_process_torchrec_embedding(tmp_path, capsys):
     assert result["args"]["embedding"] == "torchrec" and 0.0 <= result["test"]["auc"][0] <= 1.0
 
 
-def test_cli_distributed_options_need_distributed(capsys):
+@requires_torchrec
+def test_cli_distributed_options_checked_first(capsys):
     from pimm_fast.cli import main
 
     for argv, message in ((["--sharding", "row_wise"], "--sharding needs --distributed"),
+                          (["--distributed", "--embedding-optimizer", "adam", "--device", "cpu"],
+                           "FBGEMM fuses 'adam' only on GPU; on CPU use --embedding-optimizer rowwise_adagrad or sgd"),
                           (["--sharded-checkpoint", "ck"], "--sharded-checkpoint needs --distributed")):
         with pytest.raises(SystemExit) as exit_info:
             main(["train", *argv])

@@ -81,6 +81,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise fail("--distributed shards TorchRec tables: drop --embedding pimm")
     if not args.dist_timeout > 0:
         raise fail(f"--dist-timeout must be > 0, got {args.dist_timeout}")
+    if args.embedding_optimizer == "adam" and torch.device(args.device).type == "cpu":
+        raise fail("FBGEMM fuses 'adam' only on GPU; on CPU use --embedding-optimizer rowwise_adagrad or sgd")
     if args.resume_sharded is not None and not args.resume_sharded.exists():
         raise fail(f"--resume-sharded: {args.resume_sharded} does not exist")
 
