@@ -350,6 +350,19 @@ def test_one_process_torchrec_matches_fused_embedding(optimizer):
 
 
 @requires_torchrec
+def test_fields_come_back_in_field_order_with_mixed_pooling():
+    """FBGEMM groups tables by pooling mode (sum, mean, sum -> [sum, sum], [mean]): put back in field order."""
+    dims, mode = [10, 7, 12], ["sum", "mean", "sum"]
+    emb = pdist.torchrec_embedding(dims, 4, optimizer="sgd", pooling=mode)
+    reference = pimm_fast.FieldEmbedding(dims, 4, pooling=mode, backend="reference")
+    with torch.no_grad():
+        reference.weight.copy_(torch.cat([emb.table(f) for f in range(3)]))
+    x = pimm_fast.JaggedIds.from_fields([torch.tensor([1, 9]), (torch.tensor([0, 6, 3]), torch.tensor([0, 2, 3])),
+                                         torch.tensor([11, 0])])
+    assert torch.allclose(emb(x), reference(x), atol=1e-7, rtol=0)
+
+
+@requires_torchrec
 def test_torchrec_embedding_checks():
     emb = pdist.torchrec_embedding([10, 4], 4, optimizer="sgd")
     assert emb.table_dim == 4
