@@ -157,7 +157,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
                      timeout_s=args.dist_timeout)
     optimizer = sm.embedding.optimizer
     placements = {}
-    for _, (kind, ranks) in sm.plan.items():
+    for kind, _ in sm.plan.values():
         placements[kind] = placements.get(kind, 0) + 1
     print(f"{type(sm.model).__name__} on {args.data}: {len(train):,} train / {len(test):,} test impressions, "
           f"{len(train.field_dims)} fields" + (f" + {len(train.bag_names)} multi-valued" if train.bags else "") +

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -150,7 +150,6 @@ class ShardedModel:
     world: int
     seed: int = 0
     timeout_s: float = DEFAULT_TIMEOUT_S
-    extra: dict = field(default_factory=dict)
 
     @property
     def model(self) -> nn.Module:
