@@ -9,6 +9,7 @@ import torch
 
 from pimm_fast import FusedEmbedding, FieldEmbedding
 from pimm_fast import reference as R
+from pimm_fast.ops import backends
 
 from .aliccp import EMBED_DIM, FIELD_DIMS, zipf_ids
 from .conftest import provider_device
@@ -49,4 +50,65 @@ def test_embedding_fwd_bwd_update(benchmark, provider, batch):
     benchmark.group = f"embedding fwd+bwd+adam Ali-CCP 18 fields B={batch}"
     step = make_step(provider, batch)
     step()  # warm-up: optimizer state, compilation
+    benchmark(step)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fbgemm: TorchRec's FBGEMM table-batched embedding, optimizer fused in the backward (pimm_fast.distributed),
+# one table per field, D = 5 stored as 8 columns (FBGEMM needs D % 4 == 0). FBGEMM fuses Adam only on GPU,
+# so on CPU it is compared with FusedEmbedding on row-wise Adagrad, the optimizer both fuse there.
+# ----------------------------------------------------------------------------------------------------------
+def _fbgemm_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_fused_step(impl: str, optimizer: str, batch: int):
+    device = _fbgemm_device() if impl == "fbgemm" else "cpu"
+    ids = zipf_ids(batch, device=device)
+    grad = torch.randn(batch, len(FIELD_DIMS) * EMBED_DIM, device=device)
+    if impl == "fbgemm":
+        from pimm_fast.distributed import torchrec_embedding
+
+        table = torchrec_embedding(FIELD_DIMS, EMBED_DIM, optimizer=optimizer, lr=1e-3, device=device)
+    else:
+        table = FusedEmbedding(FIELD_DIMS, EMBED_DIM, optimizer=optimizer, lr=1e-3, backend=impl).to(device)
+
+    def timed():
+        table(ids).backward(grad)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return timed
+
+
+def _skip_without_torchrec():
+    from pimm_fast import distributed
+
+    if not distributed.is_available():
+        pytest.skip(distributed.INSTALL_HINT)
+
+
+@pytest.mark.parametrize("batch", [1024, 4096, 16384])
+def test_embedding_fwd_bwd_update_fbgemm(benchmark, batch):
+    """fbgemm beside reference / cpp / cuda in the Adam group (GPU only: FBGEMM has no fused Adam on CPU)."""
+    _skip_without_torchrec()
+    if _fbgemm_device() != "cuda":
+        pytest.skip("fbgemm: FBGEMM fuses Adam only on GPU (CPU: see the rowwise_adagrad group)")
+    benchmark.group = f"embedding fwd+bwd+adam Ali-CCP 18 fields B={batch}"
+    step = make_fused_step("fbgemm", "adam", batch)
+    step()
+    benchmark(step)
+
+
+@pytest.mark.parametrize("impl", ["fbgemm", "cpp"])
+@pytest.mark.parametrize("batch", [1024, 4096, 16384])
+def test_embedding_fwd_bwd_rowwise_adagrad(benchmark, impl, batch):
+    """FBGEMM (TorchRec) and FusedEmbedding, both with fused row-wise Adagrad, side by side."""
+    if impl == "fbgemm":
+        _skip_without_torchrec()
+    elif not backends.is_available("cpp", "cpu"):
+        pytest.skip("cpp: C++ kernels not built")
+    benchmark.group = f"embedding fwd+bwd+rowwise_adagrad Ali-CCP 18 fields B={batch}"
+    step = make_fused_step(impl, "rowwise_adagrad", batch)
+    step()
     benchmark(step)

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    from .distributed.command import add_arguments as add_distributed_arguments
+
+    add_distributed_arguments(train)  # --embedding torchrec, --distributed, --sharding, ...
     from .train.experiments import add_compare_parser, add_predict_parsers, add_train_options
 
     add_train_options(train)
@@ -210,7 +213,11 @@ def build_model(args: argparse.Namespace, train):
         kwargs["tower_dims"] = args.tower_dims
     if getattr(args, "dropout", 0.0):
         kwargs["dropout"] = args.dropout
-    if args.embedding_optimizer != "dense":
+    if getattr(args, "embedding", None) == "torchrec" or getattr(args, "distributed", False):
+        from .distributed.command import torchrec_embedding_from_args
+
+        kwargs["embedding"] = torchrec_embedding_from_args(args, train, sharded=getattr(args, "distributed", False))
+    elif args.embedding_optimizer != "dense":
         kwargs["embedding"] = pimm_fast.FusedEmbedding(
             field_dims, args.embed_dim, optimizer=args.embedding_optimizer, pooling=pooling,
             lr=args.embedding_lr if args.embedding_lr is not None else args.lr, backend=args.backend)
@@ -290,13 +297,15 @@ def check_train_args(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed.command import check_args as check_distributed_args, run as run_distributed
     from .train.commands import cmd_train as run
 
+    check_distributed_args(args)
     if getattr(args, "resume", None) is None:  # a resumed run's options come from its checkpoint
         check_train_args(args)
     else:
         check_output_path(args.output)
-    return run(args)
+    return run_distributed(args) if args.distributed else run(args)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

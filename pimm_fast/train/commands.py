@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .trainer import TrainConfig, Trainer, check_monitor, evaluate, predict
 
 # options that define a run (stored in checkpoints; rebuilt on --resume, evaluate, predict)
-RUN_KEYS = ("data", "samples", "model", "backbone", "embedding_optimizer", "embedding_lr", "epochs", "batch_size",
+RUN_KEYS = ("data", "samples", "model", "backbone", "embedding", "embedding_optimizer", "embedding_lr", "epochs", "batch_size",
             "lr", "weight_decay", "dropout", "embed_dim", "tower_dims", "alpha", "step", "floor",
             "per_step_curriculum", "backend", "seed", "patience", "monitor", "lr_schedule", "lr_gamma",
             "lr_step_epochs", "checkpoint_every")
