@@ -71,10 +71,14 @@ def run_worker(policy: str, batch: int, seconds: float, threads: int, busy: int,
     try:
         worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # the busy processes start once the worker is set up (it says "ready" on stderr before it times)
-        line = worker.stderr.readline()
-        if line.strip() != "ready":
-            out, err = worker.communicate()
-            raise RuntimeError(f"worker failed before timing:\n{line}{err}")
+        before = []
+        for line in worker.stderr:  # warnings may come first
+            if line.strip() == "ready":
+                break
+            before.append(line)
+        else:
+            worker.wait()
+            raise RuntimeError("worker failed before timing:\n" + "".join(before))
         busy_procs = start_busy(busy)
         out, err = worker.communicate(timeout=seconds * 20 + 120)
     finally:

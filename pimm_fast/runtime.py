@@ -15,14 +15,15 @@ these variables once, when torch is imported, so they must be in the environment
 * library users export them before starting Python, or set them first thing in the script::
 
       import os
-      os.environ.setdefault("GOMP_SPINCOUNT", "10000")   # pimm_fast.runtime.DEFAULT_ENV
+      os.environ.setdefault("GOMP_SPINCOUNT", "1000")   # pimm_fast.runtime.DEFAULT_ENV
       import torch, pimm_fast
 
 :func:`configure_threads` sets the thread count: one per physical core this process may use (its
 affinity mask and cgroup CPU quota), unless ``OMP_NUM_THREADS`` says otherwise; :func:`describe` reports
 what is in effect.
 
-The functions import torch only when they need it (importing the pimm_fast package imports it anyway).
+The functions import torch only when they need it (importing the pimm_fast package imports it anyway),
+and this file imports nothing from the package: benchmarks/conftest.py loads it by path, before torch.
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ from typing import Mapping, MutableMapping, Optional, Sequence
 
 # The user's own choice of waiting behaviour: any of these set means pimm_fast sets none of them.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-# Spin ~10 000 rounds (about 0.1 ms by libgomp's estimate of 100 000 rounds per ms: long enough to
-# catch the next parallel region of a training step), then sleep. Measured against ACTIVE and PASSIVE in docs/performance.md.
-DEFAULT_ENV: Mapping[str, str] = {"GOMP_SPINCOUNT": "10000"}
+# Spin 1 000 rounds (tens of microseconds: enough to catch the next parallel region inside a training
+# step), then sleep. It is the spin libgomp itself falls back to when it sees more threads than cores.
+# Measured against the default, ACTIVE and PASSIVE in docs/performance.md (python -m benchmarks.load).
+DEFAULT_ENV: Mapping[str, str] = {"GOMP_SPINCOUNT": "1000"}
 # Set in the environment of a process that pimm_fast re-started with its defaults (guards a loop).
 RELAUNCH_MARKER = "PIMM_FAST_RUNTIME_DEFAULTS"
 
