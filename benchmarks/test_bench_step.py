@@ -69,6 +69,8 @@ def make_step(provider: str, batch: int):
 @pytest.mark.parametrize("batch", [1024, 4096, 16384])
 def test_pimm_training_step(benchmark, step_provider, batch):
     skip_unless_available(parse_provider(step_provider)[0])
+    if step_provider in ("cpp-fp32", "compile+bf16") and batch != 16384:
+        pytest.skip("precision comparison providers run at batch 16384 only (issue 13)")
     benchmark.group = f"PIMM training step Ali-CCP B={batch}"
     step = make_step(step_provider, batch)
     step()
