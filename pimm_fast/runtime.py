@@ -33,7 +33,7 @@ from typing import Mapping, MutableMapping, Optional, Sequence
 
 # The user's own choice of waiting behaviour: any of these set means pimm_fast sets none of them.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-# Spin 1 000 rounds (tens of microseconds: enough to catch the next parallel region inside a training
+# Spin 1 000 rounds (a few to tens of microseconds: enough to catch the next parallel region inside a training
 # step), then sleep. It is the spin libgomp itself falls back to when it sees more threads than cores.
 # Measured against the default, ACTIVE and PASSIVE in docs/performance.md (python -m benchmarks.load).
 DEFAULT_ENV: Mapping[str, str] = {"GOMP_SPINCOUNT": "1000"}
