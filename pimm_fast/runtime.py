@@ -15,7 +15,7 @@ these variables once, when torch is imported, so they must be in the environment
 * library users export them before starting Python, or set them first thing in the script::
 
       import os
-      os.environ.setdefault("GOMP_SPINCOUNT", "1000")   # pimm_fast.runtime.DEFAULT_ENV
+      os.environ.setdefault("GOMP_SPINCOUNT", "300")   # pimm_fast.runtime.DEFAULT_ENV
       import torch, pimm_fast
 
 :func:`configure_threads` sets the thread count: one per physical core this process may use (its
@@ -33,10 +33,11 @@ from typing import Mapping, MutableMapping, Optional, Sequence
 
 # The user's own choice of waiting behaviour: any of these set means pimm_fast sets none of them.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-# Spin 1 000 rounds (a few to tens of microseconds: enough to catch the next parallel region inside a training
-# step), then sleep. It is the spin libgomp itself falls back to when it sees more threads than cores.
-# Measured against the default, ACTIVE and PASSIVE in docs/performance.md (python -m benchmarks.load).
-DEFAULT_ENV: Mapping[str, str] = {"GOMP_SPINCOUNT": "1000"}
+# Spin 300 rounds (microseconds: the gap between back-to-back ops of a step), then sleep. Under load
+# 1 000 rounds (libgomp's own spin when it sees more threads than cores) fell behind PASSIVE in 2 of 4
+# runs; 100-300 held up like PASSIVE. Measured in docs/performance.md (python -m benchmarks.load); the
+# quiet-machine cost against longer spins is to be confirmed there.
+DEFAULT_ENV: Mapping[str, str] = {"GOMP_SPINCOUNT": "300"}
 # Set in the environment of a process that pimm_fast re-started with its defaults (guards a loop).
 RELAUNCH_MARKER = "PIMM_FAST_RUNTIME_DEFAULTS"
 
