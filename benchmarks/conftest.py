@@ -5,25 +5,44 @@
     pytest benchmarks --benchmark-disable        # run each case once (CI: keeps them from rotting)
 
 Measure one group per process (-k ...): a process that already ran other benchmarks holds far more
-Python objects, and garbage collection then slows the later cases. On a machine shared with other
-busy processes, export OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads can starve each other there
-(docs/performance.md).
+Python objects, and garbage collection then slows the later cases.
+
+OpenMP waiting: pimm_fast's default (pimm_fast.runtime.DEFAULT_ENV, a short spin) is set here before
+torch is imported, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is already set (export
+OMP_WAIT_POLICY=ACTIVE or PASSIVE to measure those). Threads: PIMM_FAST_BENCH_THREADS, default 2 (the
+figures of docs/performance.md), never more than the cores available. Throughput under load, quiet and
+next to busy processes: python -m benchmarks.load (benchmarks/load.py).
 
 Providers: reference (pimm_fast.reference, eager autograd), compile (torch.compile of the reference),
 cpp, cuda, triton (the fused kernels; triton and cuda need a GPU).
 """
+import importlib.util
 import os
 from pathlib import Path
 
 if not Path("/dev/nvidia0").exists():  # as in tests/conftest.py: Triton only runs interpreted here
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def _load_runtime():
+    """pimm_fast/runtime.py loaded by path: importing the package would import torch, and libgomp
+    reads its environment when torch is imported."""
+    path = Path(__file__).resolve().parents[1] / "pimm_fast" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("_pimm_fast_runtime_early", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_runtime = _load_runtime()
+_runtime.apply_openmp_defaults()
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from pimm_fast.ops import backends  # noqa: E402
 
-THREADS = int(os.environ.get("PIMM_FAST_BENCH_THREADS", "2"))
+THREADS = int(os.environ.get("PIMM_FAST_BENCH_THREADS", str(min(2, _runtime.available_cores()))))
 PROVIDERS = ("reference", "compile", "cpp", "triton", "cuda")
 
 

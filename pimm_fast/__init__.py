@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from . import ops, reference  # ops first: it defines the op schemas and loads the compiled kernels
+from . import ops, reference, runtime  # ops first: it defines the op schemas and loads the compiled kernels
 from ._info import build_info
 from .modules import PIM, Curriculum, FieldEmbedding, FusedEmbedding, JaggedIds, MLP
 from .models import AITM, ESMM, MMoE, MNCM, PIMM, PLE, SharedBottom
@@ -17,4 +17,4 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
     __version__ = "0+unknown"
 
 __all__ = ["PIMM", "SharedBottom", "ESMM", "MMoE", "PLE", "AITM", "MNCM", "PIM", "Curriculum", "FieldEmbedding",
-           "FusedEmbedding", "JaggedIds", "MLP", "ops", "reference", "build_info", "__version__"]
+           "FusedEmbedding", "JaggedIds", "MLP", "ops", "reference", "runtime", "build_info", "__version__"]

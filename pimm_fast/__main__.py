@@ -1,5 +1,6 @@
+"""``python -m pimm_fast``: the command line, with pimm_fast's runtime defaults (pimm_fast/runtime.py)."""
 import sys
 
-from .cli import main
+from .runtime import main
 
 sys.exit(main())
