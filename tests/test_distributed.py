@@ -56,8 +56,10 @@ def pooling(data):
 
 def make_model(embedding, data):
     torch.manual_seed(SEED)  # the same dense initialisation wherever the embedding came from
-    return pimm_fast.PIMM(data.model_field_dims, num_tasks=2, embed_dim=EMBED_DIM, tower_dims=(16, 8),
-                          curriculum=pimm_fast.Curriculum.constant(0.0), embedding=embedding)
+    model = pimm_fast.PIMM(data.model_field_dims, num_tasks=2, embed_dim=EMBED_DIM, tower_dims=(16, 8),
+                           curriculum=pimm_fast.Curriculum.constant(0.0), embedding=embedding)
+    # float32 towers: the comparisons below hold runs over other batch splits to 1e-5, finer than bf16 rounding
+    return pimm_fast.modules.tower.set_tower_precision(model, "fp32")
 
 
 def torchrec_model(data, sharded: bool, seed: int = 0):
@@ -302,6 +304,7 @@ def test_torchrun_cli(tmp_path):
     """The README command: 2 processes, rank 0 alone prints and writes, a sharded checkpoint per epoch."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "pimm_fast", "train", "--distributed", "--samples", "6000", "--epochs", "1", "--batch-size", "256",
+           "--lr", "0.02",
            "--model", "shared_bottom", "--tower-dims", "16,8", "--no-progress", "--threads", "1",
            "--sharded-checkpoint", str(tmp_path / "ck"), "--output", str(tmp_path / "out.json")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

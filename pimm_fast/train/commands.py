@@ -54,7 +54,7 @@ def build(config: dict, data, device: str):
     """The model a run config names, over ``data``'s fields, on ``device``."""
     from ..cli import build_model
 
-    args = argparse.Namespace(**config)
+    args = argparse.Namespace(**{**config, "device": device})  # a TorchRec table is built on its device
     if args.tower_dims is not None:
         args.tower_dims = tuple(args.tower_dims)
     return build_model(args, data).to(device)
