@@ -23,6 +23,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..data._bytes import fsync_dir
+
 FORMAT = "pimm_fast.checkpoint"
 VERSION = 1
 CHECKPOINT = "checkpoint.pt"
@@ -32,19 +34,6 @@ CONFIG = "config.json"
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used: missing, truncated, foreign, or not matching the run."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some file systems do not open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -60,7 +49,7 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)  # the rename itself survives a crash
 
 
 def save(path: Path, payload: dict) -> None:
