@@ -138,14 +138,31 @@ def default_threads(environ: Optional[Mapping[str, str]] = None) -> int:
     return max(1, available_cores() // _threads_per_core())
 
 
-def configure_threads(threads: Optional[int] = None) -> int:
-    """Set torch's intra-op thread count: ``threads``, else :func:`default_threads`. Returns it.
+# Samples of a training batch per thread. A second thread pays only on large batches: on 2 Zen 4 cores the
+# Ali-CCP PIMM step ran 291k samples/s on 1 thread and 308k on 2 at batch 1024, 359k / 375k at 4096, but
+# 368k / 524k at 16384; and 2 threads next to one busy process fell to 0.26x (1024, libgomp default) where
+# 1 thread kept 0.98x (docs/performance.md, python -m benchmarks.load).
+SAMPLES_PER_THREAD = 8192
 
-    The trainer and the command line call this; library users may call it once before training."""
+
+def threads_for_batch(batch_size: int, environ: Optional[Mapping[str, str]] = None) -> int:
+    """:func:`default_threads`, capped at one thread per :data:`SAMPLES_PER_THREAD` samples of the batch
+    (at least one); ``OMP_NUM_THREADS``, when set, is taken as it is."""
+    env = os.environ if environ is None else environ
+    if env.get("OMP_NUM_THREADS", "").strip():
+        return default_threads(env)
+    return max(1, min(default_threads(env), int(batch_size) // SAMPLES_PER_THREAD))
+
+
+def configure_threads(threads: Optional[int] = None, batch_size: Optional[int] = None) -> int:
+    """Set torch's intra-op thread count: ``threads``; else :func:`threads_for_batch` of ``batch_size``;
+    else :func:`default_threads`. Returns it.
+
+    ``pimm-fast train`` calls this with its batch size; library users may call it once before training."""
     import torch
 
     if threads is None:
-        threads = default_threads()
+        threads = default_threads() if batch_size is None else threads_for_batch(batch_size)
     elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     if torch.get_num_threads() != threads:

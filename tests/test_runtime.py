@@ -77,3 +77,20 @@ def test_cgroup_quota(tmp_path, text, cores):
     path.write_text(text + "\n")
     assert runtime.cgroup_cpu_quota(str(path)) == cores
     assert runtime.cgroup_cpu_quota(str(tmp_path / "missing")) is None
+
+
+def test_threads_follow_the_batch_size(monkeypatch):
+    """One thread per 8192 samples of the batch, at least one, at most default_threads; OMP_NUM_THREADS wins."""
+    monkeypatch.setattr(runtime, "default_threads", lambda env=None: int(env.get("OMP_NUM_THREADS", 2)) if env else 2)
+    assert runtime.threads_for_batch(1024, {}) == 1
+    assert runtime.threads_for_batch(8192, {}) == 1
+    assert runtime.threads_for_batch(16384, {}) == 2
+    assert runtime.threads_for_batch(1 << 20, {}) == 2  # never more than the cores
+    assert runtime.threads_for_batch(1024, {"OMP_NUM_THREADS": "2"}) == 2
+    previous = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert runtime.configure_threads(None, batch_size=1024) == 1 and torch.get_num_threads() == 1
+        assert runtime.configure_threads(2, batch_size=1024) == 2  # an explicit count is kept
+    finally:
+        torch.set_num_threads(previous)

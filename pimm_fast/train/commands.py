@@ -145,8 +145,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                  f"--out")
     if config.get("checkpoint_every") and out is None:
         fail("--checkpoint-every needs --out DIR (where the checkpoints go)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..runtime import configure_threads
+
+    # --threads, else OMP_NUM_THREADS, else one thread per 8192 samples of the batch (at most one per core)
+    configure_threads(args.threads, batch_size=config["batch_size"])
     device = args.device
     torch.manual_seed(config["seed"])
     started = time.perf_counter()
