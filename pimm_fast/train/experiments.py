@@ -386,8 +386,9 @@ def write_plots(out: Path, summary: dict, runs: dict, task_names: Sequence[str],
             ax.set_ylim(min(finite) - max(span, 0.005) * 0.6, max(finite) + max(span, 0.005) * 0.4)
         ax.set_xticks(range(len(models)), models, rotation=45, ha="right")
         ax.set_title(task)
-        ax.set_ylabel("test AUC")
+    axes[0][0].set_ylabel("test AUC")
     fig.suptitle("test AUC, mean +- std over seeds (dashed: oracle)")
+    fig.tight_layout()
     save(fig, "auc.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -402,24 +403,29 @@ def write_plots(out: Path, summary: dict, runs: dict, task_names: Sequence[str],
                 ys.append(sum(vals) / len(vals))
         ax.plot(xs, [(-y if monitor == "logloss" else y) for y in ys], marker="o", label=model)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {'log loss' if monitor == 'logloss' else monitor + ' AUC'} (mean over seeds)")
+    label = {"logloss": "mean log loss", "last": f"AUC of {task_names[-1]}", "mean": "mean AUC"}.get(monitor,
+                                                                                          f"AUC of {monitor}")
+    ax.set_ylabel(f"validation {label} (mean over seeds)")
     ax.legend(fontsize=8)
     ax.set_title("validation curves")
     save(fig, "validation.png")
 
-    traces = [(m, r["p_trace"]) for m in models for r in runs[m] if r["p_trace"]]
+    traces = [(m, r["p_trace"], r["epochs_run"]) for m in models for r in runs[m] if r["p_trace"]]
     if traces:
         fig, ax = plt.subplots(figsize=(6.5, 3.5))
+        colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(m for m, _, _ in traces))}
         shown = set()
-        for model, trace in traces:
-            xs = [x for x, _ in trace]
-            ax.step(xs, [p for _, p in trace], where="post", label=None if model in shown else model)
+        for model, trace, epochs_run in traces:  # every seed of a model in the model's colour
+            xs = [x for x, _ in trace] + [float(epochs_run)]
+            ps = [p for _, p in trace] + [trace[-1][1]]
+            ax.step(xs, ps, where="post", color=colors[model], alpha=0.7,
+                    label=None if model in shown else model)
             shown.add(model)
         ax.set_xlabel("epoch")
         ax.set_ylabel("p: probability of feeding y_{t-1}")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
-        ax.set_title("curriculum p as trained")
+        ax.set_title("curriculum p as trained (every seed)")
         save(fig, "p_schedule.png")
     return written
 
