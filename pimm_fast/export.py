@@ -508,15 +508,17 @@ def _checkpoint_file(directory: Path) -> Path:
 
 def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu"):
     """(model, field_names) rebuilt from a training run's checkpoint: ``{"model": state_dict, "config":
-    run options}``. The model is built by the CLI's own ``build_model`` over the run's data (its train
-    split gives the fields, tasks and bags), then the weights are loaded."""
+    run options, ...}`` in ``best.pt`` (where validation chose an epoch) or ``checkpoint.pt``. The model is
+    built by the CLI's own ``build_model`` over the run's data (its train split gives the fields, tasks
+    and bags), then the weights are loaded. Other keys of the checkpoint (format, optimizer and RNG
+    state) are not needed here."""
     import argparse
 
     from . import cli
 
     path = _checkpoint_file(Path(directory))
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     except Exception as exc:  # noqa: BLE001  (any unreadable file is a user error here)
         _fail(f"{path}: cannot read the checkpoint ({str(exc).splitlines()[0][:200]})")
     if not isinstance(payload, dict) or "model" not in payload or not payload.get("config"):
