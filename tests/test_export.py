@@ -152,6 +152,15 @@ def test_corrupt_foreign_and_missing_packages(pimm_package, tmp_path):
         px.load(foreign)
 
 
+def test_package_for_a_wider_instruction_set_is_refused(monkeypatch):
+    meta = {"device": "cpu", "cpu_capability": "AVX512"}
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with pytest.raises(px.PackageError, match="compiled for AVX512 CPUs but this CPU supports AVX2"):
+        px._check_cpu(meta, Path("m.pt2"))
+    px._check_cpu({"device": "cpu", "cpu_capability": "DEFAULT"}, Path("m.pt2"))  # narrower: runs
+    px._check_cpu({"device": "cuda", "cpu_capability": "AVX512"}, Path("m.pt2"))  # not a CPU package
+
+
 def test_cuda_package_on_cpu_is_refused(pimm_package):
     with pytest.raises(px.PackageError, match="compiled for cpu, it cannot run on cuda"):
         px.load(pimm_package, device="cuda")
