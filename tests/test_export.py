@@ -195,6 +195,20 @@ def test_model_with_dense_features(tmp_path):
         fn(ids, dense.long())
 
 
+@needs_cpp
+def test_static_batch(tmp_path):
+    model = pimm_fast.ESMM([5, 6], num_tasks=2, tower_dims=(8,)).eval()
+    example = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    path = px.save(model, tmp_path / "static.pt2", example=example, dynamic_batch=False,
+                   inductor_configs={"aot_inductor.compile_wrapper_opt_level": "O0"})
+    fn = px.load(path)
+    assert fn.metadata["dynamic_batch"] is False and fn.metadata["batch"] == 3
+    ids = torch.tensor([[1, 1], [3, 0], [4, 2]])
+    assert (fn(ids) - model(ids)).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match=r"exported for batch 3 \(dynamic_batch=False\), got B = 2"):
+        fn(ids[:2])
+
+
 # ---------------------------------------------------------------------------------------------
 # what save refuses (all before the C++ compile)
 # ---------------------------------------------------------------------------------------------
