@@ -152,6 +152,15 @@ def test_corrupt_foreign_and_missing_packages(pimm_package, tmp_path):
         px.load(foreign)
 
 
+def test_package_for_a_wider_instruction_set_is_refused(monkeypatch):
+    meta = {"device": "cpu", "cpu_capability": "AVX512"}
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with pytest.raises(px.PackageError, match="compiled for AVX512 CPUs but this CPU supports AVX2"):
+        px._check_cpu(meta, Path("m.pt2"))
+    px._check_cpu({"device": "cpu", "cpu_capability": "DEFAULT"}, Path("m.pt2"))  # narrower: runs
+    px._check_cpu({"device": "cuda", "cpu_capability": "AVX512"}, Path("m.pt2"))  # not a CPU package
+
+
 def test_cuda_package_on_cpu_is_refused(pimm_package):
     with pytest.raises(px.PackageError, match="compiled for cpu, it cannot run on cuda"):
         px.load(pimm_package, device="cuda")
@@ -184,6 +193,20 @@ def test_model_with_dense_features(tmp_path):
         fn(ids, dense[:, :1])
     with pytest.raises(TypeError, match="dense must be a float tensor"):
         fn(ids, dense.long())
+
+
+@needs_cpp
+def test_static_batch(tmp_path):
+    model = pimm_fast.ESMM([5, 6], num_tasks=2, tower_dims=(8,)).eval()
+    example = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    path = px.save(model, tmp_path / "static.pt2", example=example, dynamic_batch=False,
+                   inductor_configs={"aot_inductor.compile_wrapper_opt_level": "O0"})
+    fn = px.load(path)
+    assert fn.metadata["dynamic_batch"] is False and fn.metadata["batch"] == 3
+    ids = torch.tensor([[1, 1], [3, 0], [4, 2]])
+    assert (fn(ids) - model(ids)).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match=r"exported for batch 3 \(dynamic_batch=False\), got B = 2"):
+        fn(ids[:2])
 
 
 # ---------------------------------------------------------------------------------------------
