@@ -4,7 +4,8 @@
 # builds the kernels in place (CUDA required, MAX_JOBS = cores), compiles every Triton kernel for the
 # GPU's architecture, runs the CUDA and Triton tests without the interpreter, probes host syncs, side
 # streams, tensors past 2^31 elements, the context after a bad id, PIMM training steps (eager and
-# torch.compile), compute-sanitizer memcheck on a small run where available, and the GPU benchmarks;
+# torch.compile), compute-sanitizer memcheck on a small run where available, the GPU benchmarks, and
+# the CUDA export of every model class;
 # writes OUTDIR/summary.json and OUTDIR/summary.md. Each step has a time limit (the whole run fits in
 # 8 minutes on an H200, build included); a failing step is recorded and the next one still runs.
 set -uo pipefail
@@ -47,5 +48,8 @@ else
   echo "memcheck 127 0" >> "$OUT/steps.txt"
   echo "compute-sanitizer not found" > "$OUT/memcheck.log"
 fi
+# Serving (issue 12): every model class exported to a CUDA AOTInductor package, reloaded in a fresh process
+# and compared with eager (pimm_fast/export.py --selfcheck).
+step export_cuda 150 "$PY" -m pimm_fast.export --selfcheck --device cuda --fast --jobs 4
 "$PY" -m benchmarks.gpu_summary "$OUT" > /dev/null
 echo "gpu_check: wrote $OUT/summary.md and $OUT/summary.json"
