@@ -16,11 +16,11 @@ import warnings
 import torch
 
 import pimm_fast
-from pimm_fast import FusedEmbedding, PIMM
+from pimm_fast import FusedEmbedding
 from pimm_fast import reference as R
 from pimm_fast.ops import op
 
-from .aliccp import EMBED_DIM, FIELD_DIMS, TOWER_DIMS, cascade_labels, zipf_ids
+from .aliccp import EMBED_DIM, FIELD_DIMS, zipf_ids
 from .gpu_summary import embedding_step_bytes, hbm_bound_ms
 
 BACKENDS = ("cuda", "triton")
@@ -166,31 +166,10 @@ def _time(fn, reps: int) -> float:
 
 
 def _pimm_step(provider: str, batch: int):
-    backend = provider.split("+")[0]
-    if backend == "reference":
-        model = PIMM(FIELD_DIMS, num_tasks=2, embed_dim=EMBED_DIM, tower_dims=TOWER_DIMS, backend="reference")
-    else:
-        emb = FusedEmbedding(FIELD_DIMS, EMBED_DIM, optimizer="adam", lr=1e-3, backend=backend)
-        model = PIMM(FIELD_DIMS, num_tasks=2, embed_dim=EMBED_DIM, tower_dims=TOWER_DIMS, backend=backend,
-                     embedding=emb)
-    model = model.to(DEV)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
-    x, y = zipf_ids(batch, device=DEV), cascade_labels(batch, device=DEV)
+    """One PIMM training step of ``provider`` on the GPU, the reference included (benchmarks/test_bench_step.py)."""
+    from .test_bench_step import make_step
 
-    def forward_loss(x, y):
-        return model.loss(model(x, labels=y), y)
-
-    if provider.endswith("+compile"):
-        forward_loss = torch.compile(forward_loss, fullgraph=True, dynamic=False)
-
-    def step():
-        loss = forward_loss(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return step
+    return make_step(provider, batch, device=DEV)
 
 
 def training(small: bool) -> dict:

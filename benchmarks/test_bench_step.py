@@ -10,6 +10,8 @@ compiled around the opaque custom ops.
 Issue targets: cpp >= 3x reference at batch 1024; cpp (+compile) >= 1.3x compile at batch 4096;
 cpp >= 1.5x compile and >= 500k samples/s at batch 16384 (issue 13).
 """
+from typing import Optional
+
 import pytest
 import torch
 
@@ -41,9 +43,11 @@ def make_model(provider: str, device: str):
     return set_tower_precision(model, precision).to(device)
 
 
-def make_step(provider: str, batch: int):
+def make_step(provider: str, batch: int, device: Optional[str] = None):
+    """A closure running one training step (forward, loss, backward, Adam) of ``provider``; returns the loss.
+    ``device``: where it runs (default: the provider's kernel device; the GPU probe runs the reference there)."""
     backend, compiled, _ = parse_provider(provider)
-    device = provider_device(backend)
+    device = device or provider_device(backend)
     model = make_model(provider, device)
     optimizer = torch.optim.Adam([p for p in model.parameters()], lr=1e-3, fused=True)
     x, y = zipf_ids(batch, device=device), cascade_labels(batch, device=device)
@@ -61,6 +65,7 @@ def make_step(provider: str, batch: int):
         optimizer.step()
         if device == "cuda":
             torch.cuda.synchronize()
+        return loss
 
     return step
 

@@ -18,14 +18,8 @@ import torch.nn.functional as F
 
 from ..data import Batcher, CascadeData
 from ..metrics import auc
-from ..train.trainer import TrainConfig, model_input
+from ..train.trainer import TrainConfig, dense_kwargs, model_input
 from .parallel import ShardedModel, agree, all_sum, gather_predictions, save_checkpoint
-
-
-def split_input(batch: tuple, data: CascadeData) -> tuple:
-    """(x, labels, dense or None) of a batch, whichever form ``model_input`` returns."""
-    out = model_input(batch, data)
-    return out[0], out[1], (out[2] if len(out) > 2 else None)
 
 
 def batch_problem(sm: ShardedModel, x, y: Optional[torch.Tensor]) -> Optional[str]:
@@ -72,11 +66,11 @@ def fit_distributed(sm: ShardedModel, train: CascadeData, config: TrainConfig, s
         for step, batch in enumerate(batcher):
             if step >= steps:
                 break
-            x, y, dense = split_input(batch, train)
+            x, y, dense = model_input(batch, train)
             agree(batch_problem(sm, x, y), sm.device, "input")
             if config.per_step_curriculum and hasattr(model, "set_epoch"):
                 model.set_epoch(epoch + step / steps)
-            probs = sm.dmp(x, labels=y, **({"dense": dense} if dense is not None else {}))
+            probs = sm.dmp(x, labels=y, **dense_kwargs(dense))
             loss = model.loss(probs, y)
             sm.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -113,9 +107,9 @@ def predict_distributed(sm: ShardedModel, data: CascadeData, batch_size: int = 1
     sm.dmp.eval()
     out = []
     for batch in batcher:
-        x, _, dense = split_input(batch, data)
+        x, _, dense = model_input(batch, data)
         agree(sm.embedding.bad_ids(x), sm.device, "input")
-        out.append(sm.dmp(x, **({"dense": dense} if dense is not None else {})).float())
+        out.append(sm.dmp(x, **dense_kwargs(dense)).float())
     sm.dmp.train(was_training)
     probs = torch.cat(out) if out else torch.empty(0, data.num_tasks, device=sm.device)
     return gather_predictions(probs, index, len(data))

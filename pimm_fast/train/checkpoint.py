@@ -36,7 +36,9 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used: missing, truncated, foreign, or not matching the run."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, fsync, rename: a reader sees the old file or the
+    whole new one, never a part (the temporary file is removed if anything fails)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -54,13 +56,13 @@ def _atomic_write(path: Path, write) -> None:
 
 def save(path: Path, payload: dict) -> None:
     """``torch.save(payload)`` to ``path`` atomically (temporary file, fsync, rename)."""
-    _atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def save_json(path: Path, payload: Any) -> None:
     """JSON to ``path`` atomically; NaN and infinities are refused (they are not JSON)."""
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def load(path: Path, kind: Optional[str] = None) -> dict:

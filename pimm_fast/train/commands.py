@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
@@ -286,22 +285,14 @@ def write_predictions(path: Path, ids: torch.Tensor, id_names: Sequence[str], pr
     if len(columns) != len(id_names) + len(task_names):
         raise ValueError(f"column names collide: {list(id_names)} and p_<task> for tasks {list(task_names)}")
     table = pa.table(columns)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        if kind == "csv":
-            import pyarrow.csv as pacsv
+    if kind == "csv":
+        import pyarrow.csv as pacsv
 
-            pacsv.write_csv(table, tmp)
-        else:
-            import pyarrow.parquet as pq
+        ckpt.atomic_write(Path(path), lambda f: pacsv.write_csv(table, f))
+    else:
+        import pyarrow.parquet as pq
 
-            pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        ckpt.atomic_write(Path(path), lambda f: pq.write_table(table, f))
 
 
 def _predict_exported(args: argparse.Namespace):

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .commands import _jsonable, build, fail, load_splits, train_config
+from ..runtime import available_cores
 from .stats import welch_t_test
 from .trainer import LR_SCHEDULES, Trainer, check_monitor, evaluate
 
@@ -342,7 +343,7 @@ def write_csv(path: Path, summary: dict, task_names: Sequence[str], seeds: Seque
                 w.writerow([model, task, metric, _num(s["mean"]), _num(s["std"]), s["n"]]
                            + [_num(x) for x in s["values"]] + [_num(welch["p"]) if welch else ""])
     text = buf.getvalue()
-    ckpt._atomic_write(path, lambda f: f.write(text.encode()))
+    ckpt.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _num(value) -> str:
@@ -365,11 +366,8 @@ def write_plots(out: Path, summary: dict, runs: dict, task_names: Sequence[str],
     models = list(summary)
 
     def save(fig, name):
-        path = out / name
-        tmp = out / f".{name}.tmp{os.getpid()}.png"
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        ckpt.atomic_write(out / name, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
         plt.close(fig)
-        os.replace(tmp, path)
         written.append(name)
 
     fig, axes = plt.subplots(1, len(task_names), figsize=(3.2 * len(task_names) + 1, 3.6), squeeze=False)
@@ -434,7 +432,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.jobs is None:
-        args.jobs = 1 if str(args.device).startswith("cuda") else max(1, min(8, args.threads or os.cpu_count() or 1))
+        args.jobs = 1 if str(args.device).startswith("cuda") else max(1, min(8, args.threads or available_cores()))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         fail(f"--out {out} exists and is not a directory")

@@ -96,7 +96,8 @@ def model_input(batch: tuple, data: CascadeData) -> tuple:
     return JaggedIds.from_fields(fields), y, dense
 
 
-def _dense_kw(dense: Optional[torch.Tensor]) -> dict:
+def dense_kwargs(dense: Optional[torch.Tensor]) -> dict:
+    """The model's ``dense=`` keyword for a batch: none when the data has no dense features."""
     return {} if dense is None else {"dense": dense}
 
 
@@ -116,7 +117,7 @@ def predict(model: torch.nn.Module, data: CascadeData, batch_size: int = 16384) 
     out = []
     for batch in _batcher(data, batch_size, device, shuffle=False):
         x, _, dense = model_input(batch, data)
-        out.append(model(x, **_dense_kw(dense)).float().cpu())
+        out.append(model(x, **dense_kwargs(dense)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, data.num_tasks)
 
@@ -342,7 +343,7 @@ class Trainer:
                     if hasattr(model, "p") and (step == 0 or cfg.per_step_curriculum and step % max(1, self.steps // 20) == 0):
                         self.p_trace.append((epoch + step / self.steps, float(model.p)))
                     self._set_lr(self.lr_factor(epoch, step))
-                    probs = model(x, labels=y, **_dense_kw(dense))
+                    probs = model(x, labels=y, **dense_kwargs(dense))
                     loss = model.loss(probs, y)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
