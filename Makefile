@@ -71,11 +71,7 @@ test-torch211: $(VENV_211)/.deps
 	rm -rf $(BUILD_211) && mkdir -p $(BUILD_211)
 	git ls-files -co --exclude-standard | grep -v '^$(BUILD_211)/' | tar -cf - -T - | tar -xf - -C $(BUILD_211)
 	cd $(BUILD_211) && MAX_JOBS=$(MAX_JOBS) $(PY211) setup.py build_ext --inplace
-	# Deselected: FusedEmbedding under torch.compile fails on torch 2.11 (AOT autograd copies the updated
-	# table back into the Parameter under grad mode: "a leaf Variable that requires grad is being used in
-	# an in-place operation"); it passes on 2.14. Known, open: see docs/gpu.md.
-	cd $(BUILD_211) && PYTHONPATH=$$PWD $(PY211) -m pytest $(OP_TESTS) -q -p no:cacheprovider \
-		--deselect tests/test_embedding.py::test_fused_embedding_under_torch_compile
+	cd $(BUILD_211) && PYTHONPATH=$$PWD $(PY211) -m pytest $(OP_TESTS) -q -p no:cacheprovider
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds $(ARGS)

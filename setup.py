@@ -17,6 +17,16 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _load_digest_module():
+    """pimm_fast/_digest.py, loaded by path: pimm_fast itself is not importable before the build."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pimm_fast_digest", ROOT / "pimm_fast" / "_digest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 DEFAULT_ARCH_LIST = "8.0;9.0"
 
 
@@ -100,6 +110,7 @@ def extensions():
             return Path(regular).with_name("_build.json"), Path(inplace).with_name("_build.json")
 
         def build_extensions(self):
+            digest = _load_digest_module()
             super().build_extensions()
             meta = {
                 "torch_version": torch.__version__,
@@ -108,6 +119,8 @@ def extensions():
                 "cuda_note": cuda_note,
                 "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
                 "built_by": "setup.py",
+                "schemas_sha256": digest.schemas_sha256(),
+                "sources_sha256": digest.sources_sha256(ROOT / "csrc"),
             }
             self._meta_paths()[0].write_text(json.dumps(meta, indent=2) + "\n")
 

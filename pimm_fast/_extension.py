@@ -19,6 +19,8 @@ from typing import Optional
 
 import torch
 
+from . import _digest
+
 META_NAME = "_build.json"
 
 
@@ -33,6 +35,21 @@ class ExtensionState:
 def _library_path() -> Optional[Path]:
     spec = importlib.util.find_spec("pimm_fast._C")
     return Path(spec.origin) if spec is not None and spec.origin else None
+
+
+def _stale_reason(meta: dict) -> Optional[str]:
+    """Why a library does not match this source tree, or None. Other schemas: its ops would clash with
+    the ones Python expects (import would fail). Other C++ sources (checked where csrc/ sits beside the
+    package, as in a checkout): it would run stale kernels."""
+    if meta.get("schemas_sha256") is None:
+        return "it was built by an older pimm_fast (no schema digest in _build.json); rebuild it"
+    if meta["schemas_sha256"] != _digest.schemas_sha256():
+        return "it was built from other op schemas than pimm_fast/ops/schemas.def holds now; rebuild it"
+    built_from = meta.get("sources_sha256")
+    now = _digest.sources_sha256(_digest.PACKAGE.parent / "csrc")
+    if built_from is not None and now is not None and built_from != now:
+        return "the C++/CUDA sources in csrc/ changed since it was built; rebuild it"
+    return None
 
 
 def _load() -> ExtensionState:
@@ -52,6 +69,9 @@ def _load() -> ExtensionState:
         return ExtensionState(False, str(path), meta,
                               reason=f"it was built against torch {built_for}, but torch {torch.__version__} "
                                      f"is installed; rebuild it")
+    stale = _stale_reason(meta)
+    if stale is not None:
+        return ExtensionState(False, str(path), meta, reason=stale)
     try:
         torch.ops.load_library(str(path))
     except (OSError, RuntimeError) as exc:

@@ -74,6 +74,31 @@ def test_library_built_for_another_torch_is_reported_not_loaded(tmp_path):
     assert len(out["warnings"]) == 1 and "rebuild" in out["warnings"][0]
 
 
+@pytest.mark.parametrize("meta_patch, reason", [
+    ({"schemas_sha256": "0" * 64}, "other op schemas"),  # a library left from before a schema change
+    ({"schemas_sha256": None}, "older pimm_fast"),
+])
+def test_library_built_from_other_schemas_is_reported_not_loaded(tmp_path, meta_patch, reason):
+    # Loading it would define ops that clash with the schemas Python defines: import used to fail.
+    if not pimm_fast.build_info()["cpp"]:
+        pytest.skip("no compiled library to copy")
+    out = run_isolated(copy_package(tmp_path, True, meta_patch), {}, tmp_path)
+    assert out["info"]["cpp"] is False and reason in out["info"]["extension_error"]
+    assert len(out["warnings"]) == 1 and "rebuild" in out["warnings"][0]
+
+
+def test_library_older_than_the_csrc_beside_it_is_reported_not_loaded(tmp_path):
+    if not pimm_fast.build_info()["cpp"]:
+        pytest.skip("no compiled library to copy")
+    site = copy_package(tmp_path, True)
+    shutil.copytree(PACKAGE.parent / "csrc", site / "csrc")
+    assert run_isolated(site, {}, tmp_path)["info"]["cpp"] is True  # the sources it was built from
+    with open(site / "csrc" / "ops.h", "a") as f:
+        f.write("\n// edited after the build\n")
+    out = run_isolated(site, {}, tmp_path)
+    assert out["info"]["cpp"] is False and "csrc/ changed" in out["info"]["extension_error"]
+
+
 def test_loading_can_be_disabled_without_a_warning(tmp_path):
     if not pimm_fast.build_info()["cpp"]:
         pytest.skip("no compiled library to copy")

@@ -191,17 +191,56 @@ def test_pimm_with_fused_embedding_trains_and_saves_its_state(backend, tmp_path)
     assert torch.equal(clone.embedding.exp_avg, emb.exp_avg) and int(clone.embedding.step) == 2
 
 
-def test_fused_embedding_under_torch_compile():
-    backend = FUSED_BACKENDS[-1]
+def _pimm_with_fused_table(backend, seed=0):
+    torch.manual_seed(seed)
     emb = FusedEmbedding(FIELD_DIMS, 4, optimizer="adam", lr=0.01, backend=backend)
-    model = PIMM(FIELD_DIMS, embed_dim=4, tower_dims=(16, 8), embedding=emb, backend=backend)
+    # p = 1: PIM always reads the true label, so no Bernoulli draw (whose seed torch.compile draws
+    # from its own generator) separates the compiled run from the eager one.
+    return PIMM(FIELD_DIMS, embed_dim=4, tower_dims=(16, 8), embedding=emb, backend=backend,
+                curriculum=pimm_fast.Curriculum(alpha=1.0, step=0.0, floor=1.0))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_fused_embedding_under_torch_compile_matches_eager(backend):
+    # torch 2.11's AOT autograd refused an in-place table update in the backward while the table
+    # required grad; the table now does not, and step_trigger calls the update.
     x, y = batch_ids(32), torch.zeros(32, 2)
+    y[:8, 0] = 1
+    y[:3, 1] = 1
+    compiled, eager = _pimm_with_fused_table(backend), _pimm_with_fused_table(backend)
     torch._dynamo.reset()
-    step = torch.compile(lambda x, y: model.loss(model(x, labels=y), y), fullgraph=True)
+    step = torch.compile(lambda x, y: compiled.loss(compiled(x, labels=y), y), fullgraph=True)
+    for _ in range(2):
+        step(x, y).backward()
+        eager.loss(eager(x, labels=y), y).backward()
+    assert int(compiled.embedding.step) == 2
+    assert not torch.equal(compiled.embedding.weight, _pimm_with_fused_table(backend).embedding.weight)
+    torch.testing.assert_close(compiled.embedding.weight, eager.embedding.weight, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(compiled.embedding.exp_avg_sq, eager.embedding.exp_avg_sq, atol=1e-9, rtol=1e-5)
+
+
+def test_fused_table_is_trained_by_its_update_not_by_autograd():
+    emb = FusedEmbedding(FIELD_DIMS, 4, optimizer="sgd", lr=0.1, backend=FUSED_BACKENDS[-1])
+    assert not emb.weight.requires_grad and emb.step_trigger.requires_grad and emb.step_trigger.numel() == 0
     before = emb.weight.detach().clone()
-    step(x, y).backward()
-    step(x, y).backward()
-    assert int(emb.step) == 2 and not torch.equal(emb.weight, before)
+    emb(batch_ids(8)).sum().backward()
+    assert not torch.equal(emb.weight, before) and emb.weight.grad is None and emb.step_trigger.grad is None
+    emb.requires_grad_(False)  # freezes the table: the lookup no longer requires grad
+    frozen = emb.weight.detach().clone()
+    out = emb(batch_ids(8))
+    assert not out.requires_grad
+    (out.sum() + torch.ones((), requires_grad=True)).backward()
+    assert torch.equal(emb.weight, frozen)
+
+
+def test_fused_state_dict_without_step_trigger_still_loads():
+    emb = FusedEmbedding(FIELD_DIMS, 4, optimizer="adam", lr=0.01)
+    state = emb.state_dict()
+    assert "step_trigger" in state
+    del state["step_trigger"]  # a checkpoint written before the trigger existed
+    clone = FusedEmbedding(FIELD_DIMS, 4, optimizer="adam", lr=0.01)
+    clone.load_state_dict(state)
+    assert torch.equal(clone.weight, emb.weight)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -96,13 +96,16 @@ class _LookupWithUpdate(torch.autograd.Function):
     """Forward: the lookup (dense ids, or bags when bag_offsets is given). Backward: the optimizer step
     on the touched rows, and no gradient.
 
+    ``trigger`` is the only input that requires grad: it makes autograd call the backward. The table
+    does not require grad, because it is written in place during the backward, and torch.compile on
+    torch 2.11 cannot trace an in-place write to a grad-requiring input there (see FusedEmbedding).
     The table and the state are kept on ctx as attributes, not saved tensors: they are updated in
     place, and a saved tensor would fail autograd's version check when the table is used twice
     before one backward.
     """
 
     @staticmethod
-    def forward(ctx, ids, bag_offsets, weight, field_offsets, pooling, backend, update, hparams, *state):
+    def forward(ctx, trigger, ids, bag_offsets, weight, field_offsets, pooling, backend, update, hparams, *state):
         ctx.save_for_backward(ids, bag_offsets, field_offsets)
         ctx.weight, ctx.state, ctx.update, ctx.hparams, ctx.pooling = weight, state, update, hparams, pooling
         if bag_offsets is not None:
@@ -113,7 +116,7 @@ class _LookupWithUpdate(torch.autograd.Function):
     def backward(ctx, grad_out):
         ids, bag_offsets, field_offsets = ctx.saved_tensors
         if grad_out.shape[0] == 0 or ids.numel() == 0:  # an empty batch touches no row: nothing to update
-            return (None,) * (8 + len(ctx.state))
+            return (None,) * (9 + len(ctx.state))
         if bag_offsets is None:
             values, value_offsets, grad_values = reference.dense_as_values(ids, grad_out)
         else:
@@ -121,7 +124,12 @@ class _LookupWithUpdate(torch.autograd.Function):
             value_offsets = reference.bag_value_offsets(bag_offsets, field_offsets.numel())
             grad_values = reference.bag_value_grads(grad_out, bag_offsets, ctx.pooling)
         ctx.update(grad_values, values, value_offsets, field_offsets, ctx.weight, *ctx.state, *ctx.hparams)
-        return (None,) * (8 + len(ctx.state))
+        return (None,) * (9 + len(ctx.state))
+
+
+def _add_step_trigger(module, state_dict, prefix, *_):
+    """Checkpoints written before step_trigger existed load as before: it holds no value."""
+    state_dict.setdefault(prefix + "step_trigger", module.step_trigger.detach())
 
 
 class FusedEmbedding(FieldEmbedding):
@@ -131,6 +139,11 @@ class FusedEmbedding(FieldEmbedding):
     their optimizer state) are read and written, so the cost of a step follows the batch, not the
     vocabulary. ``weight.grad`` stays None, so a dense optimizer built over ``model.parameters()``
     skips the table while it trains the towers. The update happens during ``backward()``.
+
+    The table is a parameter with ``requires_grad=False``: autograd never differentiates it. What
+    makes autograd call the update is ``step_trigger``, a parameter with no elements (its gradient
+    stays None). ``emb.requires_grad_(False)`` freezes the table; leave ``weight.requires_grad`` False
+    (torch.compile on torch 2.11 refuses an in-place update of a grad-requiring input in the backward).
 
     optimizer:
       - "sgd": w_r -= lr g_r
@@ -156,6 +169,9 @@ class FusedEmbedding(FieldEmbedding):
         if eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.optimizer, self.lr, self.betas, self.eps = optimizer, float(lr), tuple(map(float, betas)), float(eps)
+        self.weight.requires_grad_(False)
+        self.step_trigger = nn.Parameter(torch.empty(0, device=self.weight.device, dtype=self.weight.dtype))
+        self.register_load_state_dict_pre_hook(_add_step_trigger)
         state_dtype = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
         factory = {"device": self.weight.device, "dtype": state_dtype}
         if optimizer == "rowwise_adagrad":
@@ -188,8 +204,9 @@ class FusedEmbedding(FieldEmbedding):
         self._check_ids_shape(x)
         backend = ops.resolve_backend(self.backend, self.weight.device)
         ids, bags = (x.values, x.bag_offsets) if isinstance(x, JaggedIds) else (x, None)
-        return _LookupWithUpdate.apply(ids, bags, self.weight, self.field_offsets, self.pooling_codes, backend,
-                                       self._update_fn(backend), self._hparams(), *self._state())
+        return _LookupWithUpdate.apply(self.step_trigger, ids, bags, self.weight, self.field_offsets,
+                                       self.pooling_codes, backend, self._update_fn(backend), self._hparams(),
+                                       *self._state())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, optimizer={self.optimizer!r}, lr={self.lr}"
