@@ -34,6 +34,10 @@ def hbm_bound_ms(nbytes: int, bandwidth: float = HBM_BYTES_PER_S) -> float:
     return nbytes / bandwidth * 1e3
 
 
+# Exit codes of gpu_check.sh's steps that mean more than "failed".
+STEP_CODES = {0: "ok", 124: "time limit", 125: "not run: time budget spent", 127: "tool missing", 137: "killed"}
+
+
 def read_steps(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -110,8 +114,8 @@ def _table(rows: list[list], header: list[str]) -> list[str]:
 
 def to_markdown(s: dict) -> str:
     md = ["# GPU check", ""]
-    md += ["## Steps", ""] + _table([[x["step"], x["exit_code"], x["seconds"]] for x in s["steps"]],
-                                    ["step", "exit code", "seconds"]) + [""]
+    md += ["## Steps", ""] + _table([[x["step"], x["exit_code"], STEP_CODES.get(x["exit_code"], "failed"), x["seconds"]]
+                                     for x in s["steps"]], ["step", "exit code", "result", "seconds"]) + [""]
     t = s["tests"]
     if t.get("present"):
         md += ["## Tests", "", f"{t['passed']} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped", ""]

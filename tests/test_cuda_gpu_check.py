@@ -1,9 +1,11 @@
 """benchmarks/gpu_check.sh cannot run without a GPU: check here what can be (the script parses, its test
 selection exists, the summary writer and the HBM bound on synthetic results)."""
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,20 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_parses():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash, timeout")
+def test_gpu_check_stays_inside_its_time_budget(tmp_path):
+    # With the budget spent before the first step, no step runs (and no build starts), and the summary
+    # still says so: the script never outlasts GPU_CHECK_SECONDS by more than a step's 5 s floor.
+    env = {**os.environ, "GPU_CHECK_SECONDS": "0", "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    steps = [line.split() for line in (tmp_path / "out" / "steps.txt").read_text().splitlines()]
+    assert {"env", "build", "tests", "probe", "export_cuda"} <= {name for name, _, _ in steps}
+    assert all(code in ("125", "127") and seconds == "0" for _, code, seconds in steps)
+    assert "not run: time budget spent" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_gpu_check_test_selection_and_modules_exist():
