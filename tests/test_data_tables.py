@@ -1,4 +1,6 @@
 """AITM CSV, torch-rechub CSV and generic CSV / Parquet loaders: real samples (skipped when absent) + fixtures."""
+import csv
+import json
 import sys
 
 import numpy as np
@@ -7,6 +9,7 @@ import torch
 
 from pimm_fast.data import DataFormatError, load
 from pimm_fast.data.aliccp import AITM_FIELDS, AITM_VOCAB_SIZES
+from pimm_fast.data.tables import DENSE_MISSING, RECHUB_DENSE, RECHUB_SPARSE
 
 HEADER = "click,purchase," + ",".join(AITM_FIELDS)
 
@@ -41,15 +44,57 @@ def test_real_aitm_sample_cascade_policies(data_dir):
         load(f"aitm-csv:{d}", policy="error", cache_dir=None)
 
 
+def csv_dense(path, names):
+    """The named columns of a CSV as float32, read independently of the loader (Python's csv module)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return np.array([[float(r[n]) for n in names] for r in rows], dtype=np.float32)
+
+
 def test_real_rechub_sample(data_dir):
-    splits = load(f"rechub-csv:{data_dir / 'ali-ccp' / 'torch-rechub'}", cache_dir=None)
+    d = data_dir / "ali-ccp" / "torch-rechub"
+    splits = load(f"rechub-csv:{d}", cache_dir=None)
     assert (len(splits.train), len(splits.valid), len(splits.test)) == (100, 50, 50)
     assert len(splits.field_dims) == 23 and splits.field_names[12] == "210"
     assert int(splits.train.y[:, 0].sum()) == 7 and int(splits.train.y[:, 1].sum()) == 1
-    assert splits.stats["ignored_columns"] == ["D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702",
-                                               "D853"]
     for part in (splits.train, splits.valid, splits.test):
         assert (part.x.max(0).values < torch.tensor(splits.field_dims)).all()
+    # the 8 D* columns are dense features, in file order; no column is left unread
+    assert splits.stats["ignored_columns"] == []
+    assert splits.train.dense_names == RECHUB_DENSE and splits.train.num_dense == 8
+    for part, stem in ((splits.train, "train"), (splits.valid, "val"), (splits.test, "test")):
+        path = d / f"ali_ccp_{stem}_sample.csv"
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+        assert [c for c in header if c.startswith("D")] == list(part.dense_names)
+        assert part.dense.dtype == torch.float32 and part.dense.shape == (len(part), 8)
+        np.testing.assert_array_equal(part.dense.numpy(), csv_dense(path, RECHUB_DENSE))  # no row dropped
+    assert splits.train.dense[0, 4].item() == np.float32(0.07556)  # line 2's D508, as printed in the file
+    assert splits.report["altered"] == {s: {DENSE_MISSING: 0} for s in ("train", "valid", "test")}
+    # dense=none: the same rows and ids, no dense features, the D* columns reported as ignored
+    bare = load(f"rechub-csv:{d}?dense=none", cache_dir=None)
+    assert bare.train.dense is None and bare.train.num_dense == 0 and bare.train.dense_names == ()
+    assert bare.stats["ignored_columns"] == list(RECHUB_DENSE)
+    assert torch.equal(bare.train.x, splits.train.x) and torch.equal(bare.test.y, splits.test.y)
+    some = load(f"rechub-csv:{d}", dense=["D5*", "D853"], cache_dir=None)
+    assert some.train.dense_names == ("D508", "D509", "D853")
+    assert some.stats["ignored_columns"] == ["D109_14", "D110_14", "D127_14", "D150_14", "D702"]
+    np.testing.assert_array_equal(some.test.dense.numpy(), splits.test.dense.numpy()[:, [4, 5, 7]])
+
+
+def test_real_rechub_sample_trains_with_its_dense_columns(data_dir, tmp_path, capsys):
+    from pimm_fast.cli import main
+    from pimm_fast.train import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", f"rechub-csv:{data_dir / 'ali-ccp' / 'torch-rechub'}", "--cache-dir", "none",
+            "--epochs", "1", "--no-progress", "--out", str(run)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "23 fields + 8 dense" in capsys.readouterr().out
+    info = ckpt.load(ckpt.model_checkpoint(run))["model_info"]
+    assert info["num_dense"] == 8 and info["dense_names"] == list(RECHUB_DENSE)
+    results = json.loads((run / "results.json").read_text())
+    assert results["data"]["dense_names"] == list(RECHUB_DENSE)
 
 
 def test_real_aliexpress_and_census_samples_through_the_generic_loader(data_dir):
@@ -102,6 +147,100 @@ def test_aitm_fixture_vocabulary_checks_and_dev_file(tmp_path):
     (tmp_path / "ctr_cvr.test").write_text(HEADER + "\n" + "\n".join(rows[:5]) + "\n")
     official = load(f"aitm-csv:{tmp_path}", cache_dir=None)
     assert (len(official.train), len(official.valid), len(official.test)) == (10, 4, 5)
+
+
+RECHUB_HEADER = ",".join(("click", "purchase") + RECHUB_SPARSE + RECHUB_DENSE)
+
+
+def write_rechub(directory, rows=30, seed=0):
+    """A torch-rechub layout directory (ali_ccp_{train,val,test}_sample.csv with the header of the real
+    files): cascade-respecting labels, ids 0..8, dense cells in [0, 1] with 4 decimals."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(exist_ok=True)
+    for stem in ("train", "val", "test"):
+        lines = [RECHUB_HEADER]
+        for _ in range(rows):
+            c = int(rng.random() < 0.5)
+            lines.append(",".join([str(c), str(c * int(rng.random() < 0.3))]
+                                  + [str(rng.integers(0, 9)) for _ in RECHUB_SPARSE]
+                                  + [f"{v:.4f}" for v in rng.random(len(RECHUB_DENSE))]))
+        (directory / f"ali_ccp_{stem}_sample.csv").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def set_cells(path, cells):
+    """Overwrite cells of a CSV: {(file line, column name): text}."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    for (line, column), text in cells.items():
+        row = lines[line - 1].split(",")
+        row[header.index(column)] = text
+        lines[line - 1] = ",".join(row)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_rechub_fixture_dense_values_missing_cells_and_errors(tmp_path):
+    d = write_rechub(tmp_path / "rh")
+    train, val = d / "ali_ccp_train_sample.csv", d / "ali_ccp_val_sample.csv"
+    expected = csv_dense(train, RECHUB_DENSE)
+    # empty, NaN and +-inf cells are missing values (NaN), counted per split in the drop report
+    set_cells(train, {(2, "D508"): "", (3, "D509"): "NaN", (5, "D853"): "inf", (6, "D109_14"): "-inf"})
+    splits = load(f"rechub-csv:{d}", cache_dir=None)
+    dense = splits.train.dense.numpy()
+    missing = [(0, 4), (1, 5), (3, 7), (4, 0)]  # (data row, dense column) of the cells set above
+    assert sorted(zip(*np.nonzero(np.isnan(dense)))) == missing
+    for r, c in missing:
+        expected[r, c] = np.nan
+    np.testing.assert_array_equal(dense, expected)
+    assert splits.report["altered"]["train"] == {DENSE_MISSING: 4}
+    assert splits.report["altered"]["test"] == {DENSE_MISSING: 0}
+    # any other non-number names the file, line and column; dense=none does not read those columns
+    set_cells(val, {(4, "D702"): "abc"})
+    with pytest.raises(DataFormatError, match=r"ali_ccp_val_sample\.csv, line 4: dense column 'D702' = 'abc' "
+                                              r"is not a number"):
+        load(f"rechub-csv:{d}", cache_dir=None)
+    bare = load(f"rechub-csv:{d}?dense=none", cache_dir=None)
+    assert bare.valid.dense is None and bare.stats["ignored_columns"] == list(RECHUB_DENSE)
+    # checked before the cascade policy: a bad cell in a row the policy drops is still an error
+    set_cells(val, {(4, "D702"): "0.5", (7, "click"): "0", (7, "purchase"): "1", (7, "D508"): "0.5x"})
+    with pytest.raises(DataFormatError, match=r"line 7: dense column 'D508' = '0\.5x' is not a number"):
+        load(f"rechub-csv:{d}", cache_dir=None)
+    set_cells(val, {(7, "D508"): "0.5"})
+    dropped = load(f"rechub-csv:{d}", cache_dir=None)
+    assert dropped.stats["valid_file"]["cascade_dropped"] == 1 and dropped.valid.dense.shape == (29, 8)
+    # names that are not in the files, and files that disagree
+    with pytest.raises(DataFormatError, match=r"dense column 'D999' is not in the header"):
+        load(f"rechub-csv:{d}?dense=D999", cache_dir=None)
+    with pytest.raises(DataFormatError, match=r"named both as feature and as dense"):
+        load(f"rechub-csv:{d}", dense=["101"], cache_dir=None)
+    test = d / "ali_ccp_test_sample.csv"
+    test.write_text("\n".join(line.rsplit(",", 1)[0] for line in test.read_text().splitlines()) + "\n")
+    with pytest.raises(DataFormatError, match=r"ali_ccp_test_sample\.csv: dense columns .* differ from "
+                                              r"ali_ccp_train_sample\.csv's"):
+        load(f"rechub-csv:{d}", cache_dir=None)
+
+
+def test_rechub_fixture_trains_with_and_without_dense_columns(tmp_path, capsys):
+    from pimm_fast.cli import main
+    from pimm_fast.train import checkpoint as ckpt
+
+    d = write_rechub(tmp_path / "rh", rows=60)
+    fast = ["--cache-dir", "none", "--epochs", "1", "--tower-dims", "8", "--no-progress"]
+    assert main(["train", "--data", f"rechub-csv:{d}", *fast, "--out", str(tmp_path / "dense")]) == 0
+    assert "23 fields + 8 dense" in capsys.readouterr().out
+    info = ckpt.load(ckpt.model_checkpoint(tmp_path / "dense"))["model_info"]
+    assert info["num_dense"] == 8 and info["dense_names"] == list(RECHUB_DENSE)
+    assert main(["train", "--data", f"rechub-csv:{d}", "--dense", "none", *fast, "--out", str(tmp_path / "bare")]) == 0
+    out = capsys.readouterr().out
+    assert "23 fields," in out and "dense" not in out.split("impressions")[1].split("tasks")[0]
+    assert ckpt.load(ckpt.model_checkpoint(tmp_path / "bare"))["model_info"]["num_dense"] == 0
+    # a run evaluated on data with other dense columns: one clear line, not a state-dict mismatch
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "dense"), "--data", f"rechub-csv:{d}?dense=none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has the dense columns [], the model" in err[0] and "D853" in err[0]
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "bare"), "--data", f"rechub-csv:{d}"]) == 2
+    assert "evaluates with ?dense=none" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "bare"), "--data", f"rechub-csv:{d}?dense=none"]) == 0
 
 
 @pytest.mark.parametrize("line,message", [

@@ -246,6 +246,14 @@ def load_run_model(directory: Path, spec: Optional[str], device: str):
             list(test.task_names) != list(expected.get("task_names", test.task_names)):
         fail(f"the data {spec} does not fit the model in {path}: fields {list(test.model_field_dims)} / tasks "
              f"{list(test.task_names)}, the model has {expected.get('field_dims')} / {expected.get('task_names')}")
+    trained_dense = expected.get("dense_names")
+    if trained_dense is None and not any(k.startswith("dense_input.") for k in payload["model"]):
+        trained_dense = []  # a checkpoint from before model_info named them: a model without dense input
+    if trained_dense is not None and list(test.dense_names) != list(trained_dense):
+        fail(f"the data {spec or config['data']} has the dense columns {list(test.dense_names)}, the model in {path} "
+             f"was trained with {list(trained_dense)}" +
+             (" (a run trained without dense columns, e.g. on rechub-csv before it read its D* columns, "
+              "evaluates with ?dense=none)" if not trained_dense else ""))
     torch.manual_seed(config["seed"])
     model = build(config, test, device)
     try:
