@@ -120,6 +120,24 @@ def test_real_aliexpress_and_census_samples_through_the_generic_loader(data_dir)
     assert kept.train.dense_names == tuple(numeric) and kept.train.dense.dtype == torch.float32
 
 
+def test_real_aliexpress_and_census_directories_with_their_dense_columns(data_dir):
+    # torch-rechub names the files <dataset>_<split>_sample.csv: the directory is read with the authors' splits
+    d = data_dir / "aliexpress" / "torch-rechub"
+    ali = load(f"csv:{d}?labels=click,conversion&features=categorical_*&dense=numerical_*", cache_dir=None)
+    assert (len(ali.train) + len(ali.valid), len(ali.test)) == (100, 20)  # valid: 10 % of the train file
+    numerical = [f"numerical_{i}" for i in range(1, 64)]
+    assert ali.test.dense_names == tuple(numerical) and ali.stats["ignored_columns"] == ["search_id"]
+    np.testing.assert_array_equal(ali.test.dense.numpy(), csv_dense(d / "aliexpress_test_sample.csv", numerical))
+    assert any("not used" in line and "search_id" in line for line in ali.report_lines())
+    d = data_dir / "census-income" / "torch-rechub"
+    numeric = ["age", "wage per hour", "capital gains", "capital losses", "divdends from stocks",
+               "num persons worked for employer", "weeks worked in year"]
+    census = load(f"csv:{d}", labels=["income", "marital status"], dense=numeric, policy="keep", cache_dir=None)
+    assert (len(census.train), len(census.valid), len(census.test)) == (80, 20, 20)
+    assert len(census.field_dims) == 32 and census.stats["ignored_columns"] == []
+    np.testing.assert_array_equal(census.valid.dense.numpy(), csv_dense(d / "census_income_val_sample.csv", numeric))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # fixtures
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,6 +212,11 @@ def test_rechub_fixture_dense_values_missing_cells_and_errors(tmp_path):
     np.testing.assert_array_equal(dense, expected)
     assert splits.report["altered"]["train"] == {DENSE_MISSING: 4}
     assert splits.report["altered"]["test"] == {DENSE_MISSING: 0}
+    for _ in range(2):  # written to the cache, then read back from it
+        cached = load(f"rechub-csv:{d}", cache_dir=tmp_path / "cache")
+        np.testing.assert_array_equal(cached.train.dense.numpy(), dense)
+        assert cached.train.dense_names == RECHUB_DENSE and cached.report == splits.report
+    assert load(f"rechub-csv:{d}?dense=none", cache_dir=tmp_path / "cache").train.dense is None
     # any other non-number names the file, line and column; dense=none does not read those columns
     set_cells(val, {(4, "D702"): "abc"})
     with pytest.raises(DataFormatError, match=r"ali_ccp_val_sample\.csv, line 4: dense column 'D702' = 'abc' "
@@ -344,6 +367,30 @@ def test_directory_of_files_and_parquet(tmp_path):
     with pytest.raises(DataFormatError, match=r"bad\.parquet, row 2: label 'click' = nan is NaN"):
         load(f"csv:{tmp_path / 'bad.parquet'}", labels=["click", "buy"], cache_dir=None, valid_fraction=0.0,
              test_fraction=0.5)
+
+
+def test_directory_files_named_by_split_words(tmp_path):
+    rows = generic_rows(60)
+    text = lambda part: "user,item,click,buy\n" + "\n".join(",".join(r.split(",")[:4]) for r in part) + "\n"
+    (tmp_path / "shop_train_sample.csv").write_text(text(rows[:40]))
+    (tmp_path / "shop-val.csv").write_text(text(rows[40:50]))
+    (tmp_path / "shop.test.csv").write_text(text(rows[50:]))
+    (tmp_path / "notes.csv").write_text("no split word: not read\n")
+    s = load(f"csv:{tmp_path}", labels=["click", "buy"], cache_dir=None)
+    assert (len(s.train), len(s.valid), len(s.test)) == (40, 10, 10)
+    # exact names win, and the schemes never mix: with train.csv and test.csv, shop-val.csv is not the valid file
+    (tmp_path / "train.csv").write_text(text(rows[:40]))
+    (tmp_path / "test.csv").write_text(text(rows[50:]))
+    exact = load(f"csv:{tmp_path}", labels=["click", "buy"], cache_dir=None, valid_fraction=0.0)
+    assert exact.valid is None and (len(exact.train), len(exact.test)) == (40, 10)
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).unlink()
+    (tmp_path / "old_test.csv").write_text(text(rows[50:]))
+    with pytest.raises(ValueError, match=r"2 files could be the test split: \['old_test\.csv', 'shop\.test\.csv'\]"):
+        load(f"csv:{tmp_path}", labels=["click", "buy"], cache_dir=None)
+    (tmp_path / "old_test.csv").rename(tmp_path / "train_test.csv")
+    with pytest.raises(ValueError, match=r"train_test\.csv: the name holds the words of several splits"):
+        load(f"csv:{tmp_path}", labels=["click", "buy"], cache_dir=None)
 
 
 def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv as _csv
 import fnmatch
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -696,21 +697,51 @@ def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Seque
     return _assemble(parts, sizes, RECHUB_SPARSE, task_names, "rechub-csv", stats, dense_parts, dense_names)
 
 
+TABLE_SPLITS = (("train", ("train",)), ("valid", ("valid", "val", "dev")), ("test", ("test",)))
+TABLE_EXTENSIONS = (".csv", ".parquet", ".pq")
+
+
+def _files_by_split_word(path: Path) -> dict:
+    """A directory's table files named by a split word between ``_``, ``-`` or ``.`` (torch-rechub's
+    ``aliexpress_train_sample.csv``, ``census_income_val_sample.csv``): at most one file per split."""
+    found: dict = {}
+    for p in sorted(path.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in TABLE_EXTENSIONS:
+            continue
+        words = set(re.split(r"[_.\-]", p.stem.lower()))
+        splits = [split for split, stems in TABLE_SPLITS if words & set(stems)]
+        if len(splits) > 1:
+            raise ValueError(f"{p}: the name holds the words of several splits ({', '.join(splits)}); rename it")
+        if splits:
+            found.setdefault(splits[0], []).append(p)
+    for split, paths in found.items():
+        if len(paths) > 1:
+            raise ValueError(f"{path}: {len(paths)} files could be the {split} split: {[q.name for q in paths]}; "
+                             f"keep one, or name it {split}.csv")
+    return {split: paths[0] for split, paths in found.items()}
+
+
 def _table_files(path: Path) -> dict:
+    """The file of a table, or a directory's train / valid (optional) / test files: named exactly
+    ``train``, ``valid``|``val``|``dev``, ``test`` (.csv, .parquet, .pq), else, when no file is named so, by
+    those words inside the name (``aliexpress_train_sample.csv``); the two schemes are never mixed."""
     path = Path(path)
     if path.is_file():
         return {"all": path}
     if not path.is_dir():
         raise FileNotFoundError(f"table not found: {path}")
     files = {}
-    for split, stems in (("train", ("train",)), ("valid", ("valid", "val", "dev")), ("test", ("test",))):
+    for split, stems in TABLE_SPLITS:
         for stem in stems:
-            for ext in (".csv", ".parquet", ".pq"):
+            for ext in TABLE_EXTENSIONS:
                 if (path / (stem + ext)).is_file():
                     files.setdefault(split, path / (stem + ext))
+    if not files:
+        files = _files_by_split_word(path)
     if "train" not in files or "test" not in files:
         raise FileNotFoundError(f"{path}: a table directory needs train.csv|.parquet and test.csv|.parquet "
-                                f"(valid/val/dev optional); found {sorted(p.name for p in path.iterdir())}")
+                                f"(valid/val/dev optional), or files named by those words (e.g. "
+                                f"x_train_sample.csv, x_test_sample.csv); found {sorted(p.name for p in path.iterdir())}")
     return files
 
 
