@@ -258,12 +258,39 @@ def test_rechub_fixture_trains_with_and_without_dense_columns(tmp_path, capsys):
     assert "23 fields," in out and "dense" not in out.split("impressions")[1].split("tasks")[0]
     assert ckpt.load(ckpt.model_checkpoint(tmp_path / "bare"))["model_info"]["num_dense"] == 0
     # a run evaluated on data with other dense columns: one clear line, not a state-dict mismatch
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "dense"), "--data", f"rechub-csv:{d}?dense=none"]) == 2
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "dense"), "--data",
+                 f"rechub-csv:{d}?dense=none&cache=none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has the dense columns [], the model" in err[0] and "D853" in err[0]
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "bare"), "--data", f"rechub-csv:{d}"]) == 2
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "bare"), "--data", f"rechub-csv:{d}?cache=none"]) == 2
     assert "evaluates with ?dense=none" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "bare"), "--data", f"rechub-csv:{d}?dense=none"]) == 0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "bare"), "--data",
+                 f"rechub-csv:{d}?dense=none&cache=none"]) == 0
+
+
+def test_predict_with_a_package_refuses_other_dense_columns(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pimm_fast.export")
+    from pimm_fast import export
+    from pimm_fast.cli import main
+
+    d = write_rechub(tmp_path / "rh")
+    dims = list(load(f"rechub-csv:{d}", cache_dir=None).field_dims)
+
+    class Package:  # what export.load returns, up to the call (the check comes before any row is scored)
+        def __init__(self, num_dense):
+            self.metadata = {"field_dims": dims, "task_names": ["click", "conversion"], "num_dense": num_dense,
+                             "dense_names": list(RECHUB_DENSE[:num_dense])}
+
+        def __call__(self, ids, dense=None):
+            raise AssertionError("the data should have been refused")
+
+    for num_dense, spec, message in ((8, f"rechub-csv:{d}?dense=none&cache=none", "has 0 dense column(s) [], "),
+                                     (0, f"rechub-csv:{d}?cache=none", "add ?dense=none")):
+        monkeypatch.setattr(export, "load", lambda path, device=None, k=num_dense: Package(k))
+        argv = ["predict", "--model", str(tmp_path / "m.pt2"), "--data", spec, "--out", str(tmp_path / "p.csv")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
 
 
 @pytest.mark.parametrize("line,message", [

@@ -321,6 +321,10 @@ def _predict_exported(args: argparse.Namespace):
     if list(meta.get("field_dims", test.field_dims)) != list(test.field_dims):
         fail(f"the data {args.data} does not fit {args.model}: fields {list(test.field_dims)}, the package has "
              f"{meta.get('field_dims')}")
+    if "num_dense" in meta and int(meta["num_dense"]) != test.num_dense:  # (names: a Python-built model may lack them)
+        fail(f"the data {args.data} has {test.num_dense} dense column(s) {list(test.dense_names)}, {args.model} takes "
+             f"{meta['num_dense']} {list(meta.get('dense_names', []))}" +
+             ("" if int(meta["num_dense"]) else " (add ?dense=none to a rechub-csv spec)"))
     dense = getattr(test, "dense", None)
     out = []
     batch = 16384
