@@ -741,7 +741,8 @@ def _table_files(path: Path) -> dict:
     if "train" not in files or "test" not in files:
         raise FileNotFoundError(f"{path}: a table directory needs train.csv|.parquet and test.csv|.parquet "
                                 f"(valid/val/dev optional), or files named by those words (e.g. "
-                                f"x_train_sample.csv, x_test_sample.csv); found {sorted(p.name for p in path.iterdir())}")
+                                f"x_train_sample.csv, x_test_sample.csv); found "
+                                f"{sorted(p.name for p in path.iterdir())}")
     return files
 
 
