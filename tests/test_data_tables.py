@@ -9,7 +9,7 @@ import torch
 
 from pimm_fast.data import DataFormatError, load
 from pimm_fast.data.aliccp import AITM_FIELDS, AITM_VOCAB_SIZES
-from pimm_fast.data.tables import DENSE_MISSING, RECHUB_DENSE, RECHUB_SPARSE
+from pimm_fast.data.tables import CASCADE_DROP, CASCADE_KEEP, DENSE_MISSING, RECHUB_DENSE, RECHUB_SPARSE
 
 HEADER = "click,purchase," + ",".join(AITM_FIELDS)
 
@@ -40,6 +40,7 @@ def test_real_aitm_sample_cascade_policies(data_dir):
     kept = load(f"aitm-csv:{d}?policy=keep&valid_fraction=0", cache_dir=None)
     assert len(kept.train) == 48 and len(kept.test) == 50 and kept.valid is None
     assert int(((kept.train.y[:, 1] == 1) & (kept.train.y[:, 0] == 0)).sum()) == 2
+    assert kept.report["kept"] == {"train": {CASCADE_KEEP: 2}, "test": {CASCADE_KEEP: 3}}
     with pytest.raises(DataFormatError, match=r"train\.csv, line 9: labels \(click=0, conversion=1\) .*2 such"):
         load(f"aitm-csv:{d}", policy="error", cache_dir=None)
 
@@ -231,6 +232,9 @@ def test_rechub_fixture_dense_values_missing_cells_and_errors(tmp_path):
     set_cells(val, {(7, "D508"): "0.5"})
     dropped = load(f"rechub-csv:{d}", cache_dir=None)
     assert dropped.stats["valid_file"]["cascade_dropped"] == 1 and dropped.valid.dense.shape == (29, 8)
+    assert dropped.report["dropped"]["valid"] == {CASCADE_DROP: 1} and dropped.report["kept"] == {}
+    kept = load(f"rechub-csv:{d}?policy=keep", cache_dir=None)
+    assert kept.valid.dense.shape == (30, 8) and kept.report["kept"] == {"valid": {CASCADE_KEEP: 1}}
     # names that are not in the files, and files that disagree
     with pytest.raises(DataFormatError, match=r"dense column 'D999' is not in the header"):
         load(f"rechub-csv:{d}?dense=D999", cache_dir=None)

@@ -152,8 +152,8 @@ def _report(stats: dict, splits: dict) -> None:
     """Fill stats['dropped'] / ['altered'] for loaders that count per file (the table loader counts per split)."""
     if "dropped" in stats:
         return
-    from .tables import CASCADE_DROP
-    dropped = {}
+    from .tables import CASCADE_DROP, CASCADE_KEEP
+    dropped, kept = {}, {}
     for name in ("train", "valid", "test"):
         fstats = stats.get(f"{name}_file")
         if fstats is None:
@@ -162,7 +162,11 @@ def _report(stats: dict, splits: dict) -> None:
         key = "train+valid" if name == "train" and splits.get("valid") is not None and "valid_file" not in stats \
             else name
         dropped[key] = {CASCADE_DROP: int(fstats.get("cascade_dropped", 0))}
+        if stats.get("policy") == "keep" and fstats.get("cascade_violations"):
+            kept[key] = {CASCADE_KEEP: int(fstats["cascade_violations"])}
     stats["dropped"] = dropped
+    if kept:
+        stats["kept"] = kept
     stats.setdefault("altered", {})
     stats.setdefault("warnings", [])
 
