@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "('categorical_*'; default: all columns but the labels and --dense)")
     data.add_argument("--dense", dest="dense", action=_DataOption, default=argparse.SUPPRESS,
                       help="csv: numerical feature columns, comma-separated names or globs ('numerical_*'); "
-                           "standardised with training statistics, missing values imputed and flagged")
+                           "rechub-csv: its D* columns by default, 'none' leaves them out; standardised with "
+                           "training statistics, missing values imputed and flagged")
     data.add_argument("--extra-columns", dest="extra", action=_DataOption, default=argparse.SUPPRESS,
                       choices=("ignore", "error"), help="csv: columns named neither label nor feature")
     data.add_argument("--cascade-policy", dest="policy", action=_DataOption, default=argparse.SUPPRESS,

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._bytes import fsync_dir
 
-FORMAT_VERSION = 2  # 2: keys on file content
+FORMAT_VERSION = 3  # 2: keys on file content; 3: rechub-csv reads its dense D* columns by default
 MANIFEST = "manifest.json"
 FULL_HASH_BYTES = 1 << 30  # files up to 1 GiB are hashed whole (BLAKE2b, about 1 GB/s)
 SAMPLE_BLOCKS = 64

@@ -152,9 +152,11 @@ class Splits:
     @property
     def report(self) -> dict:
         """What loading did to rows: {"dropped": {split: {reason: rows}}, "altered": {...}, "kept": {...} (rows
-        that break the cascade, kept by policy 'keep'), "warnings": [...]}."""
+        that break the cascade, kept by policy 'keep'), "warnings": [...], "ignored_columns": [...] (columns of
+        the files that were read past: neither label, feature nor dense)}."""
         return {"dropped": self.stats.get("dropped", {}), "altered": self.stats.get("altered", {}),
-                "kept": self.stats.get("kept", {}), "warnings": list(self.stats.get("warnings", []))}
+                "kept": self.stats.get("kept", {}), "warnings": list(self.stats.get("warnings", [])),
+                "ignored_columns": list(self.stats.get("ignored_columns", []))}
 
     def report_lines(self) -> list[str]:
         """The drop report as lines for a run summary (every dropped or altered row, by reason and split)."""
@@ -173,5 +175,8 @@ def format_report(report: dict) -> list[str]:
             lines.append(f"no row {what}")
     for split, reasons in report.get("kept", {}).items():
         lines.extend(f"kept {count:,} {split} row(s): {reason}" for reason, count in reasons.items() if count)
+    ignored = report.get("ignored_columns", [])
+    if ignored:
+        lines.append(f"{len(ignored)} column(s) not used (neither label, feature nor dense): {', '.join(ignored)}")
     lines.extend(f"warning: {w}" for w in report.get("warnings", []))
     return lines

@@ -3,13 +3,14 @@
     synthetic[:PRESET]      demo (default), demo3, aliccp, industrial, funnel  (generated, never cached)
     aliccp-raw:DIR          sample_skeleton_{train,test}.csv + common_features_{train,test}.csv
     aitm-csv:DIR            AITM's ctr_cvr.{train,dev,test} or PaddleRec's train.csv + test.csv
-    rechub-csv:DIR          torch-rechub's ali_ccp_{train,val,test}*.csv
+    rechub-csv:DIR          torch-rechub's ali_ccp_{train,val,test}*.csv (23 sparse fields + the dense D* columns)
     csv:PATH                a CSV or Parquet file (split by seed) or a directory of train/valid/test files
 
 Options go after ``?`` as ``key=value`` pairs joined by ``&`` (``synthetic:aliccp?scale=0.1&samples=1000000``,
 ``csv:data.parquet?labels=click,buy&features=user,item&dense=price,age``) or as keyword arguments of
 :func:`load`; the same option given twice (in the spec, or in the spec and as an argument) must agree.
-``features`` and ``dense`` take comma lists and shell-style globs (``features=cat_*&dense=num_*``). File
+``features`` and ``dense`` take comma lists and shell-style globs (``features=cat_*&dense=num_*``);
+rechub-csv reads its ``D*`` columns unless ``dense=none`` (or names a subset). File
 sources are preprocessed once into an atomic cache (see :mod:`.cache`); ``cache_dir=None`` turns that off.
 """
 from __future__ import annotations
@@ -58,7 +59,7 @@ _ALLOWED = {
     "synthetic": {"samples", "seed", "scale", "valid_fraction", "test_fraction"},
     "aliccp-raw": {"variant", "min_count", "policy", "valid_fraction", "seed", "threads", "cache"},
     "aitm-csv": {"policy", "valid_fraction", "seed", "dims", "cache"},
-    "rechub-csv": {"policy", "cache"},
+    "rechub-csv": {"policy", "dense", "cache"},
     "csv": {"labels", "features", "dense", "extra", "encode", "min_count", "policy", "valid_fraction",
             "test_fraction", "seed", "header", "task_names", "cache"},
 }
@@ -151,8 +152,8 @@ def _report(stats: dict, splits: dict) -> None:
     """Fill stats['dropped'] / ['altered'] for loaders that count per file (the table loader counts per split)."""
     if "dropped" in stats:
         return
-    from .tables import CASCADE_DROP
-    dropped = {}
+    from .tables import CASCADE_DROP, CASCADE_KEEP
+    dropped, kept = {}, {}
     for name in ("train", "valid", "test"):
         fstats = stats.get(f"{name}_file")
         if fstats is None:
@@ -161,7 +162,11 @@ def _report(stats: dict, splits: dict) -> None:
         key = "train+valid" if name == "train" and splits.get("valid") is not None and "valid_file" not in stats \
             else name
         dropped[key] = {CASCADE_DROP: int(fstats.get("cascade_dropped", 0))}
+        if stats.get("policy") == "keep" and fstats.get("cascade_violations"):
+            kept[key] = {CASCADE_KEEP: int(fstats["cascade_violations"])}
     stats["dropped"] = dropped
+    if kept:
+        stats["kept"] = kept
     stats.setdefault("altered", {})
     stats.setdefault("warnings", [])
 
@@ -311,7 +316,8 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
                                                 valid_fraction=opts.get("valid_fraction", 0.1),
                                                 seed=opts.get("seed", 0), dims=opts.get("dims", "aitm"))
         elif kind == "rechub-csv":
-            arrays, info = tables.load_rechub_csv(Path(arg), policy=opts.get("policy", "drop"))
+            arrays, info = tables.load_rechub_csv(Path(arg), policy=opts.get("policy", "drop"),
+                                                  dense=opts.get("dense"))
         else:
             if "labels" not in opts:
                 raise ValueError(f"data spec {spec!r}: name the label columns in funnel order, e.g. "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv as _csv
 import fnmatch
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,6 +26,8 @@ from .cascade import apply_policy, check_labels, check_policy
 
 RECHUB_SPARSE = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
                  "508", "509", "702", "853", "301", "109_14", "110_14", "127_14", "150_14")
+RECHUB_DENSE = ("D109_14", "D110_14", "D127_14", "D150_14", "D508", "D509", "D702", "D853")
+RECHUB_DENSE_GLOB = "D*"  # rechub-csv's default dense columns (torch-rechub's files hold RECHUB_DENSE)
 RECHUB_LABELS = ("click", "purchase")
 AITM_LABELS = ("click", "purchase")
 
@@ -467,9 +470,19 @@ def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", h
 # ---------------------------------------------------------------------------------------------------------------
 # encoding and splitting helpers shared by the table loaders
 # ---------------------------------------------------------------------------------------------------------------
+def dense_matrix(table: Table) -> Optional[np.ndarray]:
+    """The table's dense columns as float32 [N, K] (NaN = missing, see :func:`parse_floats`), or None."""
+    if not table.dense_names:
+        return None
+    return np.stack([parse_floats(tokens, table.where, str(table.path), str(name))[0]
+                     for name, tokens in zip(table.dense_names, table.dense_tokens)], 1)
+
+
 def finish_table(table: Table, task_names: Sequence[str], policy: str, stats: dict, key: str):
-    """Label checks + cascade policy on one file; returns (features list, y float32) of the kept rows."""
+    """Label checks, dense cells parsed, cascade policy on one file; returns (features list, y float32,
+    dense float32 [N, K] or None) of the kept rows. A bad dense cell is an error even in a dropped row."""
     check_labels(table.labels, table.label_names or task_names, str(table.path), where=table.where)
+    dense = dense_matrix(table)
     fstats: dict = {"rows": len(table.labels)}
     keep = apply_policy(table.labels, policy, task_names, str(table.path), fstats, where=table.where)
     y = table.labels.astype(np.float32)
@@ -477,9 +490,10 @@ def finish_table(table: Table, task_names: Sequence[str], policy: str, stats: di
     if keep is not None:
         y = y[keep]
         feats = [f[keep] for f in feats]
+        dense = None if dense is None else dense[keep]
     fstats["kept"] = len(y)
     stats[key] = fstats
-    return feats, y
+    return feats, y, dense
 
 
 def encode_bytes_columns(train_cols: list, other: dict, min_count: int):
@@ -543,14 +557,19 @@ def ints_fit(cols: list, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the loaders
 # ---------------------------------------------------------------------------------------------------------------
-def _assemble(parts: dict, dims, field_names, task_names, source: str, stats: dict) -> tuple[dict, dict]:
+def _assemble(parts: dict, dims, field_names, task_names, source: str, stats: dict,
+              dense: Optional[dict] = None, dense_names: Sequence[str] = ()) -> tuple[dict, dict]:
+    """Arrays and manifest info in the layout of :mod:`.cache`; ``dense``: {split: float32 [N, K]}."""
     arrays = {}
     for split, (x, y) in parts.items():
         arrays[f"{split}.x"] = x
         arrays[f"{split}.y"] = y
         stats[f"{split}_rows"] = len(y)
+    for split, d in (dense or {}).items():
+        arrays[f"{split}.dense"] = d
     info = {"source": source, "field_names": [str(n) for n in field_names], "field_dims": [int(d) for d in dims],
-            "task_names": list(task_names), "stats": stats, "bag_groups": []}
+            "task_names": list(task_names), "stats": stats, "bag_groups": [],
+            "dense_names": [str(n) for n in dense_names]}
     return arrays, info
 
 
@@ -603,9 +622,9 @@ def load_aitm_csv(directory: Path, policy: str = "drop", valid_fraction: float =
         stats[split + "_header"] = table.header is not None
         loaded[split] = finish_table(table, task_names, policy, stats, split + "_file")
     if dims == "data":
-        sizes = [max(int(f[j].max(initial=0)) for f, _ in loaded.values()) + 1 for j in range(len(AITM_FIELDS))]
+        sizes = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(AITM_FIELDS))]
     parts = {}
-    for split, (feats, y) in loaded.items():
+    for split, (feats, y, _) in loaded.items():
         x = stack_features(feats)
         if split == "train" and "valid" not in files:
             parts.update(_split_train(x, y, valid_fraction, seed))
@@ -628,45 +647,102 @@ def rechub_files(directory: Path) -> dict:
     return files
 
 
-def load_rechub_csv(directory: Path, policy: str = "drop") -> tuple[dict, dict]:
-    """torch-rechub's Ali-CCP CSV: labels click, purchase; the 23 sparse columns (dense D* columns ignored).
+def rechub_dense_columns(path: Path, dense: Optional[Sequence[str]]) -> list[str]:
+    """The dense columns to read from a torch-rechub file: ``None`` (default) every column named ``D*``
+    (torch-rechub writes the 8 of RECHUB_DENSE), ``['none']`` none, else the names / globs given."""
+    if dense is None:
+        header = [t.strip() for t in _split_line(_first_line(path)[0])]
+        return [name for name in header if fnmatch.fnmatchcase(name, RECHUB_DENSE_GLOB)]
+    if [str(d).strip().lower() for d in dense] == ["none"]:
+        return []
+    return [str(d) for d in dense]
 
+
+def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Sequence[str]] = None
+                    ) -> tuple[dict, dict]:
+    """torch-rechub's Ali-CCP CSV: labels click, purchase; the 23 sparse columns as fields and the dense
+    ``D*`` columns as numerical features (raw float32, NaN = missing; cells checked as in :func:`load_table`).
+
+    ``dense``: None (default) reads every ``D*`` column; ``['none']`` reads none (they are then listed in
+    ``stats['ignored_columns']``, with any other column read past); else the dense columns by name or glob.
     Its ids were encoded by torch-rechub over the full data, so field sizes are max id + 1 over the 3 files.
     """
     check_policy(policy)
     files = rechub_files(directory)
     task_names = ("click", "conversion")
-    stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}}
+    stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}, "altered": {}}
     loaded = {}
+    dense_names = ignored = None
     for split, path in files.items():
         table = read_csv(path, labels=list(RECHUB_LABELS), features=list(RECHUB_SPARSE), feature_kind="int",
-                         header="auto")
+                         header="auto", dense=rechub_dense_columns(path, dense))
         if table.header is None:
             raise DataFormatError(f"{path}: torch-rechub files start with a header line (click,purchase,101,...)")
-        stats["ignored_columns"] = [str(c) for c in table.ignored]
+        names, rest = [str(c) for c in table.dense_names], [str(c) for c in table.ignored]
+        if dense_names is None:
+            dense_names, ignored = names, rest
+        elif names != dense_names or rest != ignored:
+            raise DataFormatError(f"{path}: dense columns {names} and unused columns {rest} differ from "
+                                  f"{files['train'].name}'s {dense_names} and {ignored}")
         loaded[split] = finish_table(table, task_names, policy, stats, split + "_file")
-    for split, (feats, _) in loaded.items():
+        d = loaded[split][2]
+        if d is not None:
+            stats["altered"][split] = {DENSE_MISSING: int(np.isnan(d).any(axis=1).sum())}
+    stats["ignored_columns"] = ignored
+    for split, (feats, _, _) in loaded.items():
         ints_fit(feats, files[split])
-    sizes = [max(int(f[j].max(initial=0)) for f, _ in loaded.values()) + 1 for j in range(len(RECHUB_SPARSE))]
-    parts = {split: (stack_features(feats), y) for split, (feats, y) in loaded.items()}
-    return _assemble(parts, sizes, RECHUB_SPARSE, task_names, "rechub-csv", stats)
+    sizes = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(RECHUB_SPARSE))]
+    parts = {split: (stack_features(feats), y) for split, (feats, y, _) in loaded.items()}
+    dense_parts = {split: d for split, (_, _, d) in loaded.items() if d is not None}
+    return _assemble(parts, sizes, RECHUB_SPARSE, task_names, "rechub-csv", stats, dense_parts, dense_names)
+
+
+TABLE_SPLITS = (("train", ("train",)), ("valid", ("valid", "val", "dev")), ("test", ("test",)))
+TABLE_EXTENSIONS = (".csv", ".parquet", ".pq")
+
+
+def _files_by_split_word(path: Path) -> dict:
+    """A directory's table files named by a split word between ``_``, ``-`` or ``.`` (torch-rechub's
+    ``aliexpress_train_sample.csv``, ``census_income_val_sample.csv``): at most one file per split."""
+    found: dict = {}
+    for p in sorted(path.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in TABLE_EXTENSIONS:
+            continue
+        words = set(re.split(r"[_.\-]", p.stem.lower()))
+        splits = [split for split, stems in TABLE_SPLITS if words & set(stems)]
+        if len(splits) > 1:
+            raise ValueError(f"{p}: the name holds the words of several splits ({', '.join(splits)}); rename it")
+        if splits:
+            found.setdefault(splits[0], []).append(p)
+    for split, paths in found.items():
+        if len(paths) > 1:
+            raise ValueError(f"{path}: {len(paths)} files could be the {split} split: {[q.name for q in paths]}; "
+                             f"keep one, or name it {split}.csv")
+    return {split: paths[0] for split, paths in found.items()}
 
 
 def _table_files(path: Path) -> dict:
+    """The file of a table, or a directory's train / valid (optional) / test files: named exactly
+    ``train``, ``valid``|``val``|``dev``, ``test`` (.csv, .parquet, .pq), else, when no file is named so, by
+    those words inside the name (``aliexpress_train_sample.csv``); the two schemes are never mixed."""
     path = Path(path)
     if path.is_file():
         return {"all": path}
     if not path.is_dir():
         raise FileNotFoundError(f"table not found: {path}")
     files = {}
-    for split, stems in (("train", ("train",)), ("valid", ("valid", "val", "dev")), ("test", ("test",))):
+    for split, stems in TABLE_SPLITS:
         for stem in stems:
-            for ext in (".csv", ".parquet", ".pq"):
+            for ext in TABLE_EXTENSIONS:
                 if (path / (stem + ext)).is_file():
                     files.setdefault(split, path / (stem + ext))
+    if not files:
+        files = _files_by_split_word(path)
     if "train" not in files or "test" not in files:
         raise FileNotFoundError(f"{path}: a table directory needs train.csv|.parquet and test.csv|.parquet "
-                                f"(valid/val/dev optional); found {sorted(p.name for p in path.iterdir())}")
+                                f"(valid/val/dev optional), or files named by those words (e.g. "
+                                f"x_train_sample.csv, x_test_sample.csv); found "
+                                f"{sorted(p.name for p in path.iterdir())}")
     return files
 
 
@@ -742,10 +818,7 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
             raise DataFormatError(f"{p}: no data rows" + (" (only a header line)" if table.header else ""))
         stats["ignored_columns"] = [str(c) for c in table.ignored]
         check_labels(table.labels, table.label_names or names, str(p), where=table.where)
-        values = []
-        for name, tokens in zip(table.dense_names, table.dense_tokens):
-            values.append(parse_floats(tokens, table.where, str(p), str(name))[0])
-        d = (np.stack(values, 1) if values else None)
+        d = dense_matrix(table)
         raw[split] = (table, table.features, table.labels.astype(np.float32), d, np.arange(len(table.labels)))
     if "all" in raw:  # one file: split first (seeded), then every split applies the policy to its rows
         table, feats, y, d, _ = raw.pop("all")
@@ -836,8 +909,4 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
             parts[split] = (x, y)
             if d is not None:
                 dense_parts[split] = d
-    arrays, info = _assemble(parts, dims, feature_names, names, "csv", stats)
-    for split, d in dense_parts.items():
-        arrays[f"{split}.dense"] = d
-    info["dense_names"] = list(dense_names or [])
-    return arrays, info
+    return _assemble(parts, dims, feature_names, names, "csv", stats, dense_parts, dense_names or ())

@@ -246,6 +246,14 @@ def load_run_model(directory: Path, spec: Optional[str], device: str):
             list(test.task_names) != list(expected.get("task_names", test.task_names)):
         fail(f"the data {spec} does not fit the model in {path}: fields {list(test.model_field_dims)} / tasks "
              f"{list(test.task_names)}, the model has {expected.get('field_dims')} / {expected.get('task_names')}")
+    trained_dense = expected.get("dense_names")
+    if trained_dense is None and not any(k.startswith("dense_input.") for k in payload["model"]):
+        trained_dense = []  # a checkpoint from before model_info named them: a model without dense input
+    if trained_dense is not None and list(test.dense_names) != list(trained_dense):
+        fail(f"the data {spec or config['data']} has the dense columns {list(test.dense_names)}, the model in {path} "
+             f"was trained with {list(trained_dense)}" +
+             (" (a run trained without dense columns, e.g. on rechub-csv before it read its D* columns, "
+              "evaluates with ?dense=none)" if not trained_dense else ""))
     torch.manual_seed(config["seed"])
     model = build(config, test, device)
     try:
@@ -313,6 +321,10 @@ def _predict_exported(args: argparse.Namespace):
     if list(meta.get("field_dims", test.field_dims)) != list(test.field_dims):
         fail(f"the data {args.data} does not fit {args.model}: fields {list(test.field_dims)}, the package has "
              f"{meta.get('field_dims')}")
+    if "num_dense" in meta and int(meta["num_dense"]) != test.num_dense:  # (names: a Python-built model may lack them)
+        fail(f"the data {args.data} has {test.num_dense} dense column(s) {list(test.dense_names)}, {args.model} takes "
+             f"{meta['num_dense']} {list(meta.get('dense_names', []))}" +
+             ("" if int(meta["num_dense"]) else " (add ?dense=none to a rechub-csv spec)"))
     dense = getattr(test, "dense", None)
     out = []
     batch = 16384

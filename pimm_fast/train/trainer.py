@@ -220,7 +220,8 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _model_info(self) -> dict:
         return {"class": type(self.model).__name__, "field_dims": list(self.train.model_field_dims),
-                "task_names": list(self.train.task_names)}
+                "task_names": list(self.train.task_names), "num_dense": self.train.num_dense,
+                "dense_names": list(self.train.dense_names)}
 
     def state_dict(self) -> dict:
         """The whole training state (a checkpoint's payload)."""
