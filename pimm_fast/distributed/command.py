@@ -281,3 +281,90 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
         save_json(args.run_dir / RESULTS, payload)
     if args.output is not None:
         save_json(args.output, payload)
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluate / predict / export of a distributed run directory (no TorchRec, no process group needed)
+# ----------------------------------------------------------------------------------------------------
+TABLE_KEY = "embedding.ebc.embedding_bags.t{}.weight"
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A --sharded-checkpoint directory (``latest`` pointer) or one of its checkpoints (``.metadata``)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "latest").is_file() or (path / ".metadata").is_file())
+
+
+def run_weights(directory: Path) -> Path:
+    """The checkpoint a distributed run stands for: ``DIR/sharded/best`` (the best validation epoch) when the
+    run kept one, else the last epoch's (``DIR/sharded/latest`` names it)."""
+    sharded = Path(directory) / SHARDED
+    best = sharded / "best"
+    if (best / ".metadata").is_file():
+        return best
+    pointer = sharded / "latest"
+    if not pointer.is_file():
+        raise fail(f"{directory} holds no finished epoch yet ({sharded} has no 'latest' checkpoint)")
+    path = sharded / pointer.read_text().strip()
+    if not (path / ".metadata").is_file():
+        raise fail(f"{path} (named by {pointer}) is not a torch.distributed.checkpoint directory (no .metadata)")
+    return path
+
+
+def read_sharded_weights(path: Path, embed_dim: int, num_fields: int) -> dict:
+    """The model part of a sharded checkpoint as a one-process state_dict: the TorchRec tables t0..t{F-1}
+    (stored D_pad wide) become FieldEmbedding's ``embedding.weight`` [sum of rows, D], the dense parameters
+    and buffers keep their names. torch.distributed.checkpoint reassembles each table from whatever ranks
+    saved its shards; this reads whole tables, so they must fit in this process's memory."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as err:  # noqa: BLE001: unreadable or foreign metadata
+        raise fail(f"{path} is not a readable torch.distributed.checkpoint ({type(err).__name__}: {err})") from None
+    state = {key[len("model."):]: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+             for key, meta in saved.items() if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
+    missing = [TABLE_KEY.format(f) for f in range(num_fields) if TABLE_KEY.format(f) not in state]
+    if missing:
+        raise fail(f"{path} does not hold the tables of the run's {num_fields} fields (missing {missing[0]})")
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*load in a single process")
+        dcp.load({"model": state}, checkpoint_id=str(path), no_dist=True)
+    tables = [state.pop(TABLE_KEY.format(f))[:, :embed_dim] for f in range(num_fields)]
+    state["embedding.weight"] = torch.cat(tables)
+    return state
+
+
+def load_run_model(directory: Path, spec, device: str):
+    """``pimm_fast.train.commands.load_run_model`` for a ``train --distributed --out`` directory: (model,
+    config, weights path, test split, splits). The model is the run's model with pimm_fast's own
+    ``FieldEmbedding`` holding the tables (read whole, see ``read_sharded_weights``), so ``evaluate``,
+    ``predict`` and ``export`` score it like a one-process run; the training state (optimizer) is not read."""
+    import json
+
+    from ..train.commands import build, fail as usage, load_splits
+
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        usage(f"{directory / CONFIG} is not a readable run configuration ({err})")
+    path = run_weights(directory)
+    splits = load_splits(spec or config["data"], config["samples"], config["seed"])
+    test = splits.test
+    build_config = {k: v for k, v in config.items() if k != "distributed"}
+    build_config.update(embedding=None, embedding_optimizer="dense")  # FieldEmbedding, no TorchRec
+    torch.manual_seed(config["seed"])
+    model = build(build_config, test, device)
+    state = read_sharded_weights(path, config["embed_dim"], len(test.model_field_dims))
+    if tuple(state["embedding.weight"].shape) != tuple(model.embedding.weight.shape):
+        usage(f"the data {spec or config['data']} does not fit the model in {path}: its tables have "
+              f"{state['embedding.weight'].shape[0]} rows in all, the data's fields {sum(test.model_field_dims)}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        usage(f"{path} does not fit the model its configuration names: {str(err).strip().splitlines()[0][:200]}")
+    return model.to(device), config, path, test, splits
