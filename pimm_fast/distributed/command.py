@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sharded-checkpoint", type=Path, default=None,
                        help="--distributed: save a torch.distributed.checkpoint here after every epoch (with --out "
                             "DIR they go to DIR/sharded)")
+    group.add_argument("--early-stopping-monitor", dest="monitor", default=argparse.SUPPRESS, metavar="MONITOR",
+                       help="--monitor under another name: torchrun's parser refuses --monitor (an abbreviation of "
+                            "its --monitor-interval) even after the module name")
     group.add_argument("--resume-sharded", type=Path, default=None,
                        help="--distributed: continue from a checkpoint of --sharded-checkpoint, or the run directory "
                             "of a --distributed --out (any number of processes)")

@@ -197,7 +197,8 @@ class DistributedTrainer:
             factor = lr_factor(cfg, epoch, steps - 1, steps)
             record = {"epoch": epoch, "train_loss": total / max(seen, 1), "seconds": seconds,
                       "samples_per_second": seen / max(seconds, 1e-9), "processes": sm.world,
-                      "lr": cfg.lr * factor, "embedding_lr": sm.embedding.lr * factor}
+                      "lr": sm.base_lrs[0] * factor if sm.base_lrs else None,
+                      "embedding_lr": sm.embedding.lr * factor}
             if hasattr(model, "p"):
                 record["p"] = model.p
             if self.valid is not None:
