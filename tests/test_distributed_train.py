@@ -248,3 +248,24 @@ def test_cli_refusals_point_to_the_sharded_options(capsys):
                                                                 "runs/x/sharded: drop --sharded-checkpoint")):
         assert main(["train", "--distributed", *argv]) == 2
         assert capsys.readouterr().err.strip() == f"pimm-fast: error: {message}"
+
+
+@requires_torchrec
+def test_one_process_torchrec_table_follows_the_lr_schedule():
+    """--embedding torchrec in one process: the Trainer's schedule reaches the fused FBGEMM table too (lr x 1e-30
+    from epoch 1 on: the table trains in epoch 0, then stays as it is)."""
+    from pimm_fast.train.trainer import Trainer
+
+    train, _ = make_data()
+    model = torchrec_model(train, sharded=False, lr=0.3)
+    emb = model.embedding
+
+    def tables():
+        return torch.cat([emb.table(f) for f in range(len(train.model_field_dims))])
+
+    seen = [tables()]
+    trainer = Trainer(model, train, TrainConfig(epochs=2, batch_size=256, progress=False, lr_schedule="step",
+                                                lr_gamma=1e-30), on_epoch_end=lambda epoch, record: seen.append(tables()))
+    assert trainer.scaled == [emb]
+    trainer.run()
+    assert not torch.equal(seen[1], seen[0]) and torch.equal(seen[2], seen[1])

@@ -190,6 +190,7 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.fused = _fused_embeddings(model)
         self.base_fused_lrs = [m.lr for m in self.fused]
+        self.scaled = [m for m in model.modules() if callable(getattr(m, "scale_lr", None))]  # TorchRec tables
         self.out = Path(out) if out is not None else None
         self.run_config = dict(run_config or {})
         self.on_epoch_end = on_epoch_end
@@ -213,6 +214,8 @@ class Trainer:
             group["lr"] = base * factor
         for module, base in zip(self.fused, self.base_fused_lrs):
             module.lr = base * factor
+        for module in self.scaled:
+            module.scale_lr(factor)
 
     def _curriculum(self, epoch: float) -> None:
         if hasattr(self.model, "set_epoch"):
