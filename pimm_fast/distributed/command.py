@@ -198,7 +198,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
     from ..train.commands import _jsonable, format_table, run_config, train_config
     from ..train.trainer import check_monitor
     from .loop import DistributedTrainer, check_global_batch, evaluate_distributed
-    from .parallel import load_checkpoint, resolve_checkpoint, shard_model
+    from .parallel import BEST, load_checkpoint, resolve_checkpoint, shard_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -257,7 +257,7 @@ def _train(args: argparse.Namespace, rank: int, world: int, device: torch.device
             raise fail(f"--resume-sharded: {err}") from None
         progress = load_checkpoint(sm, source)
         try:
-            trainer.load_state(progress)
+            trainer.load_state(progress, best=source.parent / BEST)
         except ValueError as err:
             raise fail(f"--resume-sharded {args.resume_sharded}: {err}") from None
         print(f"resumed from {source} at epoch {trainer.epoch} (saved by {progress.get('world', '?')} "

@@ -86,6 +86,7 @@ class DistributedTrainer:
         self.history: list[dict] = []
         self.early = {"monitor": config.monitor, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False}
         self._best_in_memory: Optional[dict] = None
+        self._best_path: Optional[Path] = None  # where the best epoch's weights are on disk, if they are
 
     # -- resume ------------------------------------------------------------------------------------------
     def progress(self) -> dict:
@@ -95,11 +96,13 @@ class DistributedTrainer:
                 "early_stopping": dict(self.early), "train_config": asdict(self.config),
                 "steps_per_epoch": self.steps, "samples": len(self.train)}
 
-    def load_state(self, progress: dict) -> None:
+    def load_state(self, progress: dict, best: Optional[Path] = None) -> None:
         """Continue after the epoch a checkpoint's progress record names (the weights and optimizer state are
-        loaded by ``load_checkpoint``). A checkpoint without the record's newer entries (history, early
-        stopping) continues with empty ones. Raises ValueError when the run it continues was configured
-        otherwise, or had already stopped early."""
+        loaded by ``load_checkpoint``). ``best``: where the run kept its best epoch's weights (the ``best``
+        checkpoint beside the one resumed; default ``checkpoint_dir/best``). A checkpoint without the
+        record's newer entries (history, early stopping) continues with empty ones. Raises ValueError when
+        the run it continues was configured otherwise, had already stopped early, or its best epoch's
+        weights are missing."""
         saved = progress.get("train_config")
         if saved is not None:
             keys = RESUME_KEYS + (("epochs",) if self.config.lr_schedule == "cosine" else ())
@@ -118,6 +121,13 @@ class DistributedTrainer:
         if early is not None and early.get("stopped"):
             raise ValueError(f"the run stopped early after epoch {progress.get('epoch')} (no better validation "
                              f"{early.get('monitor')} for {early.get('bad_epochs')} epochs); nothing to resume")
+        if early is not None and early.get("best_epoch") is not None:
+            if best is None and self.checkpoint_dir is not None:
+                best = self.checkpoint_dir / BEST
+            if best is None or not (Path(best) / ".metadata").is_file():
+                raise ValueError(f"the run's best epoch ({early['best_epoch'] + 1}) was kept in a 'best' checkpoint "
+                                 f"beside the one resumed, which is missing ({best})")
+            self._best_path = Path(best)
         self.epoch = int(progress.get("epoch", 0))
         self.history = list(progress.get("history", []))
         if early is not None:
@@ -126,22 +136,23 @@ class DistributedTrainer:
     # -- best epoch --------------------------------------------------------------------------------------
     def _save_best(self, epoch: int, value: float) -> None:
         if self.checkpoint_dir is None:
-            self._best_in_memory = snapshot(self.sm)
+            self._best_in_memory, self._best_path = snapshot(self.sm), None
         else:
-            save_checkpoint(self.sm, self.checkpoint_dir, BEST,
-                            {"epoch": epoch, "monitor": self.config.monitor, "value": value, "world": self.sm.world},
-                            model_only=True, latest=False)
+            self._best_in_memory = None
+            self._best_path = save_checkpoint(
+                self.sm, self.checkpoint_dir, BEST,
+                {"epoch": epoch, "monitor": self.config.monitor, "value": value, "world": self.sm.world},
+                model_only=True, latest=False)
 
     def _restore_best(self) -> None:
         if self.early["best_epoch"] is None:
             return
         if self._best_in_memory is not None:
             restore(self.sm, self._best_in_memory)
-        elif self.checkpoint_dir is not None and (self.checkpoint_dir / BEST).is_dir():
-            load_checkpoint(self.sm, self.checkpoint_dir / BEST, model_only=True)
-        else:  # only a resumed run without its checkpoint directory gets here
-            raise RuntimeError(f"the best epoch ({self.early['best_epoch'] + 1}) was kept in "
-                               f"{self.checkpoint_dir}/{BEST}, which is missing")
+        elif self._best_path is not None:
+            load_checkpoint(self.sm, self._best_path, model_only=True)
+        else:
+            raise RuntimeError(f"the best epoch ({self.early['best_epoch'] + 1}) has no saved weights")
 
     def _validate(self, epoch: int, record: dict) -> None:
         """The validation metrics of rank 0, broadcast: every rank takes the same early-stopping decision."""
