@@ -139,7 +139,9 @@ def _run_directory(args: argparse.Namespace) -> None:
             raise fail(f"--resume-sharded {resume} is a run directory, whose checkpoints stay in {resume}/{SHARDED}: "
                        f"drop --sharded-checkpoint")
         out = resume
-    elif out is not None and any((Path(out) / name).exists() for name in (CONFIG, SHARDED, "checkpoint.pt")):
+    elif out is not None and (Path(out) / "checkpoint.pt").exists():
+        raise fail(f"{out} already holds a one-process run (checkpoint.pt); choose another --out")
+    elif out is not None and any((Path(out) / name).exists() for name in (CONFIG, SHARDED)):
         raise fail(f"{out} already holds a run; continue it with --resume-sharded {out} or choose another --out")
     args.run_dir = None if out is None else Path(out)
     args.checkpoint_dir = args.run_dir / SHARDED if out is not None else args.sharded_checkpoint
