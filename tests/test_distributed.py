@@ -62,8 +62,8 @@ def make_model(embedding, data):
     return pimm_fast.modules.tower.set_tower_precision(model, "fp32")
 
 
-def torchrec_model(data, sharded: bool, seed: int = 0):
-    emb = pdist.TorchRecEmbedding(data.model_field_dims, EMBED_DIM, optimizer="sgd", lr=LR, pooling=pooling(data),
+def torchrec_model(data, sharded: bool, seed: int = 0, optimizer: str = "sgd", lr: float = LR):
+    emb = pdist.TorchRecEmbedding(data.model_field_dims, EMBED_DIM, optimizer=optimizer, lr=lr, pooling=pooling(data),
                                   seed=seed, sharded=sharded)
     return make_model(emb, data)
 

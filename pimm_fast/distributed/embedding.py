@@ -162,6 +162,7 @@ class TorchRecEmbedding(nn.Module):
             # its output is grouped by pooling (first-seen order), whatever the order of its keys
             groups = list(dict.fromkeys(self.pooling))
             self._local_order = [f for g in groups for f in range(len(self.field_dims)) if self.pooling[f] == g]
+            self._base_lrs = [g["lr"] for g in self.ebc.fused_optimizer().param_groups]
             self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------
@@ -181,6 +182,17 @@ class TorchRecEmbedding(nn.Module):
         for f, weight in enumerate(self.ebc.embedding_bags[table_name(f)].weight for f in range(self.num_fields)):
             weight.copy_(table_init(f, self.field_dims[f], self.embed_dim, self.table_dim, self.init_std,
                                     self.seed, dtype=weight.dtype))
+
+    def scale_lr(self, factor: float) -> None:
+        """One process: the fused optimizer's lr at ``factor`` times its lr as built (the lr schedule of
+        ``pimm_fast.train.Trainer``), pushed into FBGEMM now, so the next backward uses it. A sharded
+        collection's lr is set through ``ShardedModel.set_lr``."""
+        if self.sharded:
+            raise RuntimeError("a sharded TorchRecEmbedding's lr is set by ShardedModel.set_lr")
+        optimizer = self.ebc.fused_optimizer()
+        for group, base in zip(optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * factor
+        optimizer.step()  # FBGEMM's fused optimizer: step() only sets the lr (the update ran in the backward)
 
     def table(self, field: int) -> torch.Tensor:
         """Field ``field``'s table [field_dims[field], embed_dim] (one process only; a copy)."""

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -150,10 +150,23 @@ class ShardedModel:
     world: int
     seed: int = 0
     timeout_s: float = DEFAULT_TIMEOUT_S
+    base_lrs: list = field(default_factory=list)  # the dense optimizer's param groups, as built
+    base_fused_lrs: list = field(default_factory=list)  # the fused table optimizers' param groups, as built
 
     @property
     def model(self) -> nn.Module:
         return self.dmp.module
+
+    def set_lr(self, factor: float) -> None:
+        """Every lr at ``factor`` times its value as built: the dense optimizer's, and the fused table
+        optimizers' (pushed into FBGEMM now with their ``step()``, which only sets the lr, so the next
+        backward already uses it)."""
+        for group, base in zip(self.dense_optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        fused = self.dmp.fused_optimizer
+        for group, base in zip(fused.param_groups, self.base_fused_lrs):
+            group["lr"] = base * factor
+        fused.step()
 
     def seed_rank(self, epoch: int) -> None:
         """Each rank its own random stream (PIMM's Philox seeds, dropout), fixed by (seed, rank, epoch): a run
@@ -245,7 +258,9 @@ def shard_model(model: nn.Module, device: torch.device, sharding: str = "auto", 
     dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())), dense_optimizer)
     optimizer = CombinedOptimizer([dmp.fused_optimizer, dense])
     return ShardedModel(dmp=dmp, embedding=emb, optimizer=optimizer, dense_optimizer=dense,
-                        plan=plan_summary(plan), device=device, rank=rank, world=world, seed=seed, timeout_s=timeout_s)
+                        plan=plan_summary(plan), device=device, rank=rank, world=world, seed=seed, timeout_s=timeout_s,
+                        base_lrs=[g["lr"] for g in dense.param_groups],
+                        base_fused_lrs=[g["lr"] for g in dmp.fused_optimizer.param_groups])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,27 +295,36 @@ def all_sum(values: Sequence[float], device: torch.device) -> list[float]:
 # checkpoints
 # ----------------------------------------------------------------------------------------------------
 LATEST = "latest"
+BEST = "best"
 
 
-def save_checkpoint(sm: ShardedModel, directory: Path, name: str, progress: dict) -> Path:
+def save_checkpoint(sm: ShardedModel, directory: Path, name: str, progress: dict, model_only: bool = False,
+                    latest: bool = True) -> Path:
     """Save the sharded model and optimizer state with torch.distributed.checkpoint into
     ``directory/name`` (written as ``name.tmp``, renamed when every rank is done), then point
-    ``directory/latest`` at it. ``progress`` (JSON: epoch, configuration) goes beside it."""
+    ``directory/latest`` at it (unless ``latest=False``). ``progress`` (JSON: epoch, configuration) goes
+    beside it. ``model_only``: the weights without the optimizer state (the best epoch's copy)."""
     directory = Path(directory)
-    final, tmp = directory / name, directory / f"{name}.tmp"
+    final, tmp, old = directory / name, directory / f"{name}.tmp", directory / f"{name}.old"
     if sm.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()
-    dcp.save({"model": sm.dmp.state_dict(), "optim": sm.optimizer.state_dict()}, checkpoint_id=str(tmp))
+    state = {"model": sm.dmp.state_dict()}
+    if not model_only:
+        state["optim"] = sm.optimizer.state_dict()
+    dcp.save(state, checkpoint_id=str(tmp))
     dist.barrier()
     if sm.rank == 0:
         (tmp / "progress.json").write_text(json.dumps(progress, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists():  # moved aside, not removed, until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
-        pointer = directory / f".{LATEST}.tmp"
-        pointer.write_text(name + "\n")
-        os.replace(pointer, directory / LATEST)
+        shutil.rmtree(old, ignore_errors=True)
+        if latest:
+            pointer = directory / f".{LATEST}.tmp"
+            pointer.write_text(name + "\n")
+            os.replace(pointer, directory / LATEST)
     dist.barrier()
     return final
 
@@ -315,14 +339,16 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def load_checkpoint(sm: ShardedModel, path: Path) -> dict:
+def load_checkpoint(sm: ShardedModel, path: Path, model_only: bool = False) -> dict:
     """Load a checkpoint of ``save_checkpoint`` into ``sm`` (saved by any number of ranks: the tables are
-    resharded to this run's plan). Returns its progress record."""
+    resharded to this run's plan). Returns its progress record. ``model_only``: the weights alone, the
+    optimizers left as they are (restoring the best epoch)."""
     path = resolve_checkpoint(path)
-    sm.dense_optimizer.init_state()  # Adam's state is lazy: create it so that it can be loaded in place
+    if not model_only:
+        sm.dense_optimizer.init_state()  # Adam's state is lazy: create it so that it can be loaded in place
     state = {"model": sm.dmp.state_dict()}
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    if any(key.startswith("optim.") for key in saved):  # plain SGD everywhere has no state at all
+    if not model_only and any(key.startswith("optim.") for key in saved):  # plain SGD everywhere has no state
         state["optim"] = sm.optimizer.state_dict()
     dcp.load(state, checkpoint_id=str(path))
     sm.dmp.load_state_dict(state["model"])
@@ -330,6 +356,26 @@ def load_checkpoint(sm: ShardedModel, path: Path) -> dict:
         sm.optimizer.load_state_dict(state["optim"])
     progress_file = path / "progress.json"
     return json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+
+
+@torch.no_grad()
+def snapshot(sm: ShardedModel) -> dict:
+    """A copy of this rank's part of the model state (its table shards, the dense parameters and buffers):
+    the best epoch's weights kept in memory when the run has no checkpoint directory."""
+    return {key: [t.detach().clone() for _, t in _local_shards(value)]
+            for key, value in sm.dmp.state_dict().items() if isinstance(value, (torch.Tensor, ShardedTensor))}
+
+
+@torch.no_grad()
+def restore(sm: ShardedModel, saved: dict) -> None:
+    """Write a ``snapshot`` back in place (the state_dict's tensors are views of the model's storage)."""
+    state = sm.dmp.state_dict()
+    for key, tensors in saved.items():
+        shards = _local_shards(state[key])
+        if len(shards) != len(tensors):
+            raise RuntimeError(f"snapshot of {key!r} has {len(tensors)} shard(s), the model {len(shards)}")
+        for (_, dst), src in zip(shards, tensors):
+            dst.copy_(src)
 
 
 def load_into_local(model: nn.Module, path: Path) -> None:

@@ -231,6 +231,13 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 def load_run_model(directory: Path, spec: Optional[str], device: str):
     """(model, config, payload path, test split) of a run directory (or .pt file) evaluated on ``spec``
     (default: the run's own data)."""
+    from ..distributed import command as distributed
+
+    if distributed.is_run_directory(directory):  # train --distributed --out: sharded weights
+        return distributed.load_run_model(directory, spec, device)
+    if distributed.is_sharded_checkpoint(directory):
+        fail(f"{directory} is a --sharded-checkpoint directory, which holds no run configuration; evaluate, "
+             f"predict and export read the run directory of train --distributed --out DIR")
     try:
         path = ckpt.model_checkpoint(Path(directory))
         payload = ckpt.load(path)

@@ -150,6 +150,17 @@ def check_monitor(monitor: str, task_names) -> None:
                          f"got {monitor!r}")
 
 
+def lr_factor(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
+    """The multiplier of the base lr at (epoch, step) of a run of ``steps`` steps per epoch: a function of
+    the position only, so a resumed run recomputes it (also used by the distributed loop)."""
+    if config.lr_schedule == "step":
+        return config.lr_gamma ** (epoch // config.lr_step_epochs)
+    if config.lr_schedule == "cosine":
+        progress = (epoch * steps + step) / (config.epochs * steps)
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
 def _fused_embeddings(model: torch.nn.Module) -> list:
     from ..modules import FusedEmbedding
 
@@ -179,6 +190,7 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.fused = _fused_embeddings(model)
         self.base_fused_lrs = [m.lr for m in self.fused]
+        self.scaled = [m for m in model.modules() if callable(getattr(m, "scale_lr", None))]  # TorchRec tables
         self.out = Path(out) if out is not None else None
         self.run_config = dict(run_config or {})
         self.on_epoch_end = on_epoch_end
@@ -195,19 +207,15 @@ class Trainer:
 
     # -- schedules -----------------------------------------------------------------------------------------
     def lr_factor(self, epoch: int, step: int) -> float:
-        c = self.config
-        if c.lr_schedule == "step":
-            return c.lr_gamma ** (epoch // c.lr_step_epochs)
-        if c.lr_schedule == "cosine":
-            progress = (epoch * self.steps + step) / (c.epochs * self.steps)
-            return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+        return lr_factor(self.config, epoch, step, self.steps)
 
     def _set_lr(self, factor: float) -> None:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
         for module, base in zip(self.fused, self.base_fused_lrs):
             module.lr = base * factor
+        for module in self.scaled:
+            module.scale_lr(factor)
 
     def _curriculum(self, epoch: float) -> None:
         if hasattr(self.model, "set_epoch"):
@@ -393,5 +401,5 @@ def fit(model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainC
                    on_epoch_end=on_epoch_end).run()
 
 
-__all__ = ["LR_SCHEDULES", "TrainConfig", "Trainer", "auc", "evaluate", "fit", "model_input", "monitor_value",
-           "predict"]
+__all__ = ["LR_SCHEDULES", "TrainConfig", "Trainer", "auc", "evaluate", "fit", "lr_factor", "model_input",
+           "monitor_value", "predict"]
