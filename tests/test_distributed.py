@@ -251,7 +251,7 @@ def test_sharded_sgd_matches_one_process(sharded_run):
     assert {kind for kind, _ in run["plans"][0].values()} == {"row_wise"}
     reference = one_process_reference(train)
     for name, p in reference.named_parameters():
-        if name != "embedding.weight":
+        if not name.startswith("embedding."):  # the table is compared below
             assert torch.allclose(run["every_rank"][0][name], p, atol=TOL, rtol=0), name
     local = torchrec_model(train, sharded=False)
     pdist.load_into_local(local, out / "checkpoints")  # 2 ranks -> 1 process

@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..modules.embedding import check_field_dims
+from ..modules.embedding import FieldLayout
 from ..modules.jagged import JaggedIds
 from . import require_torchrec
 
@@ -111,7 +111,7 @@ def check_optimizer_device(optimizer: str, device: torch.device) -> None:
                          f"(rowwise_adagrad is the usual choice for embedding tables)")
 
 
-class TorchRecEmbedding(nn.Module):
+class TorchRecEmbedding(FieldLayout, nn.Module):
     """ids [B, F] (or ``JaggedIds``) -> concat_f pool(E_f[bag_f]) [B, F * embed_dim], E_f one TorchRec table.
 
     The optimizer (``sgd``, ``rowwise_adagrad``, ``adam``: FusedEmbedding's options and defaults) runs in
@@ -125,15 +125,8 @@ class TorchRecEmbedding(nn.Module):
                  pooling: Union[str, Sequence[str]] = "sum", init_std: float = 0.01, seed: int = 0,
                  sharded: bool = False, device=None):
         super().__init__()
-        self.field_dims = check_field_dims(field_dims)
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
-        modes = [pooling] * len(self.field_dims) if isinstance(pooling, str) else list(pooling)
-        if len(modes) != len(self.field_dims) or any(m not in _POOLING for m in modes):
-            raise ValueError(f"pooling must be 'sum' or 'mean', once or per field ({len(self.field_dims)}), "
-                             f"got {pooling!r}")
-        self.embed_dim, self.table_dim = embed_dim, padded_dim(embed_dim)
-        self.pooling = tuple(modes)
+        self._set_layout(field_dims, embed_dim, pooling)
+        self.table_dim = padded_dim(embed_dim)
         self.optimizer, self.lr, self.init_std, self.seed = optimizer, float(lr), float(init_std), int(seed)
         self.sharded = bool(sharded)
         device = torch.device(device if device is not None else "cpu")
@@ -142,7 +135,7 @@ class TorchRecEmbedding(nn.Module):
         check_optimizer_device(optimizer, device)
         self.keys = [feature_name(f) for f in range(len(self.field_dims))]
         self.tables = [EmbeddingBagConfig(name=table_name(f), embedding_dim=self.table_dim, num_embeddings=n,
-                                          feature_names=[feature_name(f)], pooling=_POOLING[modes[f]])
+                                          feature_names=[feature_name(f)], pooling=_POOLING[self.pooling[f]])
                        for f, n in enumerate(self.field_dims)]
         self.register_buffer("_dims", torch.tensor(self.field_dims, dtype=torch.int64, device=device),
                              persistent=False)
@@ -166,14 +159,6 @@ class TorchRecEmbedding(nn.Module):
             self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------
-    @property
-    def num_fields(self) -> int:
-        return len(self.field_dims)
-
-    @property
-    def output_dim(self) -> int:
-        return self.num_fields * self.embed_dim
-
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """The deterministic initial tables (and fresh optimizer state is not touched: call before training)."""

@@ -23,7 +23,43 @@ def check_field_dims(field_dims: Sequence[int]) -> tuple[int, ...]:
     return dims
 
 
-class FieldEmbedding(nn.Module):
+def check_embed_dim(embed_dim: int) -> int:
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+        raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+    return embed_dim
+
+
+def check_pooling(pooling: Union[str, Sequence[str]], num_fields: int) -> tuple[str, ...]:
+    """One pooling mode ("sum" or "mean") per field, from one for all or a sequence of them."""
+    modes = [pooling] * num_fields if isinstance(pooling, str) else list(pooling)
+    if len(modes) != num_fields or any(m not in POOLING for m in modes):
+        raise ValueError(f"pooling must be 'sum' or 'mean', once or per field ({num_fields}), got {pooling!r}")
+    return tuple(modes)
+
+
+class FieldLayout:
+    """What every field embedding shows a model (FieldEmbedding, FusedEmbedding, TorchRecEmbedding):
+    ``field_dims``, ``embed_dim``, ``pooling`` per field, and the width of its output."""
+
+    field_dims: tuple[int, ...]
+    embed_dim: int
+    pooling: tuple[str, ...]
+
+    def _set_layout(self, field_dims: Sequence[int], embed_dim: int, pooling: Union[str, Sequence[str]]) -> None:
+        self.field_dims = check_field_dims(field_dims)
+        self.embed_dim = check_embed_dim(embed_dim)
+        self.pooling = check_pooling(pooling, len(self.field_dims))
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.field_dims)
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_fields * self.embed_dim
+
+
+class FieldEmbedding(FieldLayout, nn.Module):
     """x [B, F] int ids, x[:, f] in [0, field_dims[f]) -> concat_f E[offset_f + x_f]  [B, F * embed_dim].
 
     One parameter ``weight`` of shape [sum(field_dims), embed_dim]; field f owns rows
@@ -37,35 +73,19 @@ class FieldEmbedding(nn.Module):
     def __init__(self, field_dims: Sequence[int], embed_dim: int, backend: str = "auto", init_std: float = 0.01,
                  pooling: Union[str, Sequence[str]] = "sum", device=None, dtype=None):
         super().__init__()
-        self.field_dims = check_field_dims(field_dims)
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
-            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        self._set_layout(field_dims, embed_dim, pooling)
         if backend not in ops.BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {ops.BACKENDS}")
-        self.embed_dim = embed_dim
         self.backend = backend
         self.weight = nn.Parameter(torch.empty(sum(self.field_dims), embed_dim, device=device, dtype=dtype))
         offsets = torch.tensor((0,) + self.field_dims[:-1], dtype=torch.int64, device=device).cumsum(0)
         self.register_buffer("field_offsets", offsets, persistent=False)
         self.init_std = init_std
-        modes = [pooling] * len(self.field_dims) if isinstance(pooling, str) else list(pooling)
-        if len(modes) != len(self.field_dims) or any(m not in POOLING for m in modes):
-            raise ValueError(f"pooling must be 'sum' or 'mean', once or per field ({len(self.field_dims)}), "
-                             f"got {pooling!r}")
-        self.pooling = tuple(modes)
-        self.pooling_codes = tuple(POOLING[m] for m in modes)
+        self.pooling_codes = tuple(POOLING[m] for m in self.pooling)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.weight, std=self.init_std)
-
-    @property
-    def num_fields(self) -> int:
-        return len(self.field_dims)
-
-    @property
-    def output_dim(self) -> int:
-        return self.num_fields * self.embed_dim
 
     def _check_ids_shape(self, x: Ids) -> None:
         if len(x.shape) != 2 or x.shape[1] != self.num_fields:
