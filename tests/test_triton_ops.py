@@ -99,9 +99,9 @@ def test_updates_match_reference(optimizer, dtype, batch, dim):
     assert torch.equal(w_got[untouched], weight[untouched])
 
 
-def test_update_sums_duplicates_in_value_order_and_is_deterministic():
-    """Many hits of one row: the kernel's run sum equals the reference, bit for bit across runs and
-    with torch.use_deterministic_algorithms on (the update has no atomics)."""
+def test_update_sums_duplicates_and_is_deterministic():
+    """Many hits of one row (a run over several chunks): the kernels' sum equals the reference, bit for bit
+    across runs and with torch.use_deterministic_algorithms on (the update has no atomics)."""
     indices, weight, offsets = make_embedding_inputs(200, FIELD_DIMS, 6, device=DEVICE)
     indices[:, 0] = 7
     grad = torch.randn(200, 24, device=DEVICE)
