@@ -231,6 +231,19 @@ def test_update_errors_leave_the_table_untouched():
     assert torch.equal(weight, before) and int(state[2]) == 0
 
 
+def test_update_refuses_rows_too_wide_for_int32_block_offsets():
+    from pimm_fast.triton.update import BLOCK_C
+
+    D = 2**31 // BLOCK_C  # the stage-2 offsets k * D + column would pass 2^31
+    weight = torch.empty(1, D, device=DEVICE)  # never written: the check comes first
+    grad_values = torch.zeros(1, 1, device=DEVICE).expand(1, D)
+    values = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    offsets = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match=f"rows of {D} columns are too wide for the Triton kernels"):
+        op("embedding_update_sgd", "triton")(grad_values, values, torch.tensor([0, 1], device=DEVICE), offsets,
+                                             weight, 0.1)
+
+
 @pytest.mark.parametrize("optimizer", list(HPARAMS))
 def test_opcheck_update_ops(optimizer):
     indices, weight, offsets = make_embedding_inputs(17, FIELD_DIMS, 4, device=DEVICE)
