@@ -20,6 +20,19 @@ def zipf_ids(batch: int, seed: int = 0, exponent: float = 1.05, device="cpu") ->
     return torch.stack(cols, dim=1).to(device)
 
 
+HOT_FIELDS = ("124", "128")  # fields of 3 values, made hot by hot_ids
+
+
+def hot_ids(batch: int, seed: int = 0, device="cpu") -> torch.Tensor:
+    """zipf_ids with hot rows: field 124 takes one value in every sample (one run of the whole batch in the
+    fused update) and field 128 two values, alternately (two runs of batch / 2)."""
+    ids = zipf_ids(batch, seed)
+    names = list(AITM_VOCAB)
+    ids[:, names.index(HOT_FIELDS[0])] = 0
+    ids[:, names.index(HOT_FIELDS[1])] = torch.arange(batch) % 2
+    return ids.to(device)
+
+
 def cascade_labels(batch: int, seed: int = 0, device="cpu") -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed + 1)
     click = (torch.rand(batch, generator=gen) < 0.2).float()

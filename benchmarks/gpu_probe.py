@@ -20,7 +20,7 @@ from pimm_fast import FusedEmbedding
 from pimm_fast import reference as R
 from pimm_fast.ops import op
 
-from .aliccp import EMBED_DIM, FIELD_DIMS, zipf_ids
+from .aliccp import EMBED_DIM, FIELD_DIMS, hot_ids, zipf_ids
 from .gpu_summary import embedding_step_bytes, hbm_bound_ms
 
 BACKENDS = ("cuda", "triton")
@@ -189,12 +189,13 @@ def benchmarks(small: bool) -> dict:
     out = {"embedding_step": {}, "pim": {}, "pimm_step": {}}
     batches = [4096] if small else [4096, 16384, 65536, 262144]
     reps = 3 if small else 20
-    for batch in batches:
-        x = zipf_ids(batch, device=DEV)
+    # and batch 65536 with hot rows (aliccp.hot_ids: runs of the whole batch and of half of it in the update)
+    for batch, hot in [(b, False) for b in batches] + [(4096 if small else 65536, True)]:
+        x = (hot_ids if hot else zipf_ids)(batch, device=DEV)
         F = x.shape[1]
         dims = torch.tensor(FIELD_DIMS)
         rows = (x.long() + (dims.cumsum(0) - dims).to(DEV)).unique()
-        for dim in (EMBED_DIM, 64) if batch == 65536 else (EMBED_DIM,):
+        for dim in (EMBED_DIM, 64) if batch == 65536 and not hot else (EMBED_DIM,):
             nbytes = embedding_step_bytes(batch, F, dim, int(rows.numel()))
             entry = {"dim": dim, "unique_rows": int(rows.numel()), "bytes": nbytes, "bound_ms": hbm_bound_ms(nbytes),
                      "ms": {}}
@@ -202,7 +203,7 @@ def benchmarks(small: bool) -> dict:
                 emb = FusedEmbedding(FIELD_DIMS, dim, optimizer="adam", lr=1e-3, backend=backend).to(DEV)
                 grad = torch.randn(batch, F * dim, device=DEV)
                 entry["ms"][backend] = _time(lambda: emb(x).backward(grad), reps)
-            key = str(batch) if dim == EMBED_DIM else f"{batch}_d{dim}"
+            key = str(batch) + ("" if dim == EMBED_DIM else f"_d{dim}") + ("_hot" if hot else "")
             out["embedding_step"][key] = entry
     batch = 4096 if small else 65536
     d = 32

@@ -133,7 +133,7 @@ def to_markdown(s: dict) -> str:
                f"HBM bound = bytes / {s['hbm_bytes_per_s'] / 1e12:.1f} TB/s; bytes = ids + rows read + output "
                "written + output gradient read + touched rows and Adam moments read and written.", ""]
         rows = []
-        for batch, r in sorted(emb.items(), key=lambda kv: int(kv[0])):
+        for batch, r in sorted(emb.items(), key=lambda kv: (int(kv[0].split("_")[0]), kv[0])):  # 65536_d64, _hot
             rows.append([batch, r["dim"], r["unique_rows"], f"{r['bytes'] / 1e6:.1f}", f"{r['bound_ms']:.3f}"]
                         + [f"{r['ms'].get(b, float('nan')):.3f}" for b in ("reference", "cuda", "triton")])
         md += _table(rows, ["batch", "D", "unique rows", "MB", "bound ms", "reference ms", "cuda ms", "triton ms"])

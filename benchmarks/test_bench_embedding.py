@@ -1,8 +1,10 @@
 """Embedding forward + backward + optimizer update on the Ali-CCP configuration.
 
 reference: dense table gradient + torch.optim.Adam(fused=True) over the whole table (what plain
-PyTorch does); compile: the same with the lookup compiled; cpp / cuda: FusedEmbedding with lazy Adam
-applied to the touched rows in the backward. Issue target: cpp >= 4x reference at batch 1024.
+PyTorch does); compile: the same with the lookup compiled; cpp / cuda / triton: FusedEmbedding with lazy
+Adam applied to the touched rows in the backward. Issue target: cpp >= 4x reference at batch 1024.
+The hot-row case (aliccp.hot_ids: one field with one value, one with two) makes runs of the whole batch and
+of half of it in the fused update, the case the Triton kernels' two-level reduction is for.
 """
 import pytest
 import torch
@@ -11,13 +13,13 @@ from pimm_fast import FusedEmbedding, FieldEmbedding
 from pimm_fast import reference as R
 from pimm_fast.ops import backends
 
-from .aliccp import EMBED_DIM, FIELD_DIMS, zipf_ids
+from .aliccp import EMBED_DIM, FIELD_DIMS, hot_ids, zipf_ids
 from .conftest import provider_device
 
 
-def make_step(provider: str, batch: int):
+def make_step(provider: str, batch: int, hot: bool = False):
     device = provider_device(provider)
-    ids = zipf_ids(batch, device=device)
+    ids = (hot_ids if hot else zipf_ids)(batch, device=device)
     grad = torch.randn(batch, len(FIELD_DIMS) * EMBED_DIM, device=device)
     if provider in ("reference", "compile"):
         table = FieldEmbedding(FIELD_DIMS, EMBED_DIM, backend="reference").to(device)
@@ -45,11 +47,18 @@ def make_step(provider: str, batch: int):
 
 @pytest.mark.parametrize("batch", [1024, 4096, 16384])
 def test_embedding_fwd_bwd_update(benchmark, provider, batch):
-    if provider == "triton":
-        pytest.skip("triton: no fused-update kernel (FusedEmbedding uses cuda or cpp)")
     benchmark.group = f"embedding fwd+bwd+adam Ali-CCP 18 fields B={batch}"
     step = make_step(provider, batch)
     step()  # warm-up: optimizer state, compilation
+    benchmark(step)
+
+
+@pytest.mark.parametrize("batch", [4096, 65536])
+def test_embedding_fwd_bwd_update_hot_rows(benchmark, provider, batch):
+    """One row in every sample and two rows in half of them each: the longest runs of equal rows."""
+    benchmark.group = f"embedding fwd+bwd+adam Ali-CCP 18 fields, hot rows, B={batch}"
+    step = make_step(provider, batch, hot=True)
+    step()
     benchmark(step)
 
 

@@ -58,7 +58,9 @@ def test_summary_from_synthetic_results(tmp_path):
         '<testcase classname="tests.test_cuda_ops" name="test_c"><skipped/></testcase></testsuite></testsuites>')
     probe = {"benchmarks": {
         "embedding_step": {"65536": {"dim": 5, "unique_rows": 1000, "bytes": 4.8e9, "bound_ms": 1.0,
-                                     "ms": {"reference": 9.0, "cuda": 1.5, "triton": 2.5}}},
+                                     "ms": {"reference": 9.0, "cuda": 1.5, "triton": 2.5}},
+                           "65536_hot": {"dim": 5, "unique_rows": 900, "bytes": 4.7e9, "bound_ms": 0.98,
+                                         "ms": {"reference": 9.0, "cuda": 1.6, "triton": 2.0}}},
         "pim": {"speedup": {"cuda": 4.0, "triton": 2.0}},
         "pimm_step": {"speedup_vs_compiled_reference": {"cuda": 2.5, "triton": 1.0}}}}
     (tmp_path / "probe.json").write_text(json.dumps(probe))
@@ -75,6 +77,7 @@ def test_summary_from_synthetic_results(tmp_path):
         "PIMM training step (triton) >= 2x torch.compile(reference)": False}
     md = (tmp_path / "summary.md").read_text()
     assert "1 passed, 1 failed, 1 skipped" in md and "| 65536 | 5 | 1000 | 4800.0 | 1.000 | 9.000 | 1.500 | 2.500 |" in md
+    assert "| 65536_hot | 5 | 900 | 4700.0 | 0.980 | 9.000 | 1.600 | 2.000 |" in md
 
 
 def test_summary_of_an_empty_run_says_what_is_missing(tmp_path):

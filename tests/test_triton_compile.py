@@ -26,7 +26,8 @@ def test_every_triton_kernel_compiles_for_sm90_without_spills(tmp_path):
     print(proc.stdout[-6000:])  # registers and spills of every kernel, shown with -s or on failure
     results = json.loads(out.read_text())
     names = {r["kernel"].split("[")[0] for r in results}
-    assert names == {"_gather_kernel", "_scatter_add_kernel", "_bags_kernel", "_update_kernel", "_prior_kernel",
+    assert names == {"_gather_kernel", "_scatter_add_kernel", "_bags_kernel", "_chunk_kernel", "_combine_kernel",
+                     "_prior_kernel",
                      "_mix_kernel", "_grad_kernel"}
     failed = [f"{r['kernel']} {r['config']}: {r['error']}" for r in results if not r["ok"]]
     assert not failed, "\n".join(failed)

@@ -99,9 +99,9 @@ def test_updates_match_reference(optimizer, dtype, batch, dim):
     assert torch.equal(w_got[untouched], weight[untouched])
 
 
-def test_update_sums_duplicates_in_value_order_and_is_deterministic():
-    """Many hits of one row: the kernel's run sum equals the reference, bit for bit across runs and
-    with torch.use_deterministic_algorithms on (the update has no atomics)."""
+def test_update_sums_duplicates_and_is_deterministic():
+    """Many hits of one row (a run over several chunks): the kernels' sum equals the reference, bit for bit
+    across runs and with torch.use_deterministic_algorithms on (the update has no atomics)."""
     indices, weight, offsets = make_embedding_inputs(200, FIELD_DIMS, 6, device=DEVICE)
     indices[:, 0] = 7
     grad = torch.randn(200, 24, device=DEVICE)
@@ -119,6 +119,87 @@ def test_update_sums_duplicates_in_value_order_and_is_deterministic():
     w_ref = weight.clone()
     R.embedding_update_adam(*as_values(grad, indices), offsets, w_ref, *make_state("adam", w_ref), *HPARAMS["adam"])
     torch.testing.assert_close(results[0], w_ref)
+
+
+# The two-level reduction of pimm_fast/triton/update.py: stage 1 sums runs cut into chunks of CHUNK sorted
+# positions, stage 2 adds the partials of the runs that cross a chunk end (BLOCK_C at a time, BOUNDS chunk
+# ends per program). The row layouts below put run boundaries on and around every case of that split.
+def _run_lengths(case: str) -> list[int]:
+    from pimm_fast.triton.update import BLOCK_C, BOUNDS, CHUNK
+
+    if case == "distinct":
+        return [1] * (3 * CHUNK + 5)
+    if case == "hot":  # one row takes most of the batch: a run over many chunks, with a few rows around it
+        return [1, 2, 1] + [BLOCK_C * CHUNK + 2 * CHUNK + 7] + [1, 3]
+    # runs that fill a chunk exactly, cross one chunk end, end on one, start on one, span whole chunks;
+    # more crossing runs than BOUNDS chunk ends in a row (one stage-2 program updates several of them)
+    return ([CHUNK, CHUNK + 1, CHUNK - 1, 2 * CHUNK, 1, 3 * CHUNK + 2, 2, CHUNK - 3]
+            + [CHUNK + 3] * (BOUNDS + 2) + [1, 1, 5 * CHUNK - 1, 2])
+
+
+def _rows_batch(case: str, dim: int, dtype, seed: int):
+    """(grad_values, values, value_offsets, field_offsets, weight) for one field whose rows form runs of the
+    case's lengths, rows in random order (the stable sort's permutation then orders each run's sum)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = _run_lengths(case)
+    num_rows = 2 * len(lengths) + 1
+    rows = torch.randperm(num_rows, generator=gen)[:len(lengths)]  # runs in random row order, some rows unused
+    values = rows.repeat_interleave(torch.tensor(lengths))
+    values = values[torch.randperm(values.numel(), generator=gen)]
+    n = values.numel()
+    grad = torch.randn(n, dim, dtype=torch.float64, generator=gen).to(dtype)
+    weight = torch.randn(num_rows, dim, dtype=torch.float64, generator=gen).to(dtype)
+    offsets = torch.tensor([0, n], dtype=torch.int64)
+    return (grad.to(DEVICE), values.to(DEVICE), offsets.to(DEVICE), torch.zeros(1, dtype=torch.int64, device=DEVICE),
+            weight.to(DEVICE))
+
+
+@pytest.mark.parametrize("case", ["distinct", "hot", "mixed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("optimizer", list(HPARAMS))
+def test_update_runs_across_chunks_match_reference_bit_identical(optimizer, dtype, case):
+    """All rows distinct, one hot row over more than BLOCK_C chunks (stage 2 adds several blocks of
+    partials) and runs on and across chunk ends: the reference's update, and bit-identical on a rerun."""
+    dim = 37 if case == "mixed" else 5  # 37: two column blocks (kept to the shorter batch: the interpreter is slow)
+    grad, values, value_offsets, field_offsets, weight = _rows_batch(case, dim, dtype, seed=len(case))
+    state = make_state(optimizer, weight)
+    results = []
+    for kernel in (getattr(R, f"embedding_update_{optimizer}"), op(f"embedding_update_{optimizer}", "triton"),
+                   op(f"embedding_update_{optimizer}", "triton")):
+        w, st = weight.clone(), tuple(x.clone() for x in state)
+        kernel(grad, values, value_offsets, field_offsets, w, *st, *HPARAMS[optimizer])
+        results.append((w, st))
+    (w_ref, st_ref), (w_got, st_got), (w_again, st_again) = results
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(w_got, w_ref, atol=tol, rtol=tol)
+    for got, ref, again in zip(st_got, st_ref, st_again):
+        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
+        assert torch.equal(got, again)
+    assert torch.equal(w_got, w_again)
+    untouched = torch.ones(weight.shape[0], dtype=torch.bool, device=DEVICE)
+    untouched[values.long()] = False
+    assert torch.equal(w_got[untouched], weight[untouched])
+
+
+@pytest.mark.parametrize("optimizer", list(HPARAMS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3, 1025])
+def test_update_odd_batches_match_reference(optimizer, dtype, batch):
+    """Dense ids of three fields (1 value: one run of the whole batch, at 1025 a tail of exactly BLOCK_C
+    chunks; 7 values: runs over several chunks; 50: many short runs crossing chunk ends) at batch sizes that
+    fill no chunk exactly."""
+    indices, weight, offsets = make_embedding_inputs(batch, (50, 1, 7), 5, dtype, device=DEVICE)
+    grad = torch.randn(batch, 3 * 5, dtype=torch.float64, device=DEVICE).to(dtype)
+    args = (*as_values(grad, indices), offsets)
+    state_ref = make_state(optimizer, weight)
+    state_got = tuple(s.clone() for s in state_ref)
+    w_ref, w_got = weight.clone(), weight.clone()
+    getattr(R, f"embedding_update_{optimizer}")(*args, w_ref, *state_ref, *HPARAMS[optimizer])
+    op(f"embedding_update_{optimizer}", "triton")(*args, w_got, *state_got, *HPARAMS[optimizer])
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(w_got, w_ref, atol=tol, rtol=tol)
+    for got, ref in zip(state_got, state_ref):
+        torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
 
 
 def test_update_errors_leave_the_table_untouched():
@@ -148,6 +229,19 @@ def test_update_errors_leave_the_table_untouched():
     with pytest.raises(ValueError, match="weight must be contiguous"):
         update["sgd"](grad_values, values, value_offsets, offsets, weight.t().contiguous().t(), 0.1)
     assert torch.equal(weight, before) and int(state[2]) == 0
+
+
+def test_update_refuses_rows_too_wide_for_int32_block_offsets():
+    from pimm_fast.triton.update import BLOCK_C
+
+    D = 2**31 // BLOCK_C  # the stage-2 offsets k * D + column would pass 2^31
+    weight = torch.empty(1, D, device=DEVICE)  # never written: the check comes first
+    grad_values = torch.zeros(1, 1, device=DEVICE).expand(1, D)
+    values = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    offsets = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    with pytest.raises(ValueError, match=f"rows of {D} columns are too wide for the Triton kernels"):
+        op("embedding_update_sgd", "triton")(grad_values, values, torch.tensor([0, 1], device=DEVICE), offsets,
+                                             weight, 0.1)
 
 
 @pytest.mark.parametrize("optimizer", list(HPARAMS))

@@ -57,10 +57,15 @@ def _cases(quick: bool):
                        dict(BACKWARD=backward, BLOCK_B=embedding.BLOCK_B, BLOCK_D=bd))
             for opt, name in ((update.SGD, "sgd"), (update.ADAGRAD, "adagrad"), (update.ADAM, "adam")):
                 a = ACC[t]
-                yield (f"_update_kernel[{name}]", update._update_kernel,
+                yield (f"_chunk_kernel[{name}]", update._chunk_kernel,
                        dict(rows_ptr="*i64", perm_ptr="*i64", end_ptr="*i64", grad_ptr=f"*{a}", hp_ptr=f"*{a}",
-                            w_ptr=f"*{t}", s1_ptr=f"*{a}", s2_ptr=f"*{a}", n="i32", D="i32"),
-                       dict(OPT=opt, BLOCK_N=update.BLOCK_N, BLOCK_D=bd))
+                            w_ptr=f"*{t}", s1_ptr=f"*{a}", s2_ptr=f"*{a}", tail_ptr=f"*{a}", head_ptr=f"*{a}", n="i32",
+                            D="i32"),
+                       dict(OPT=opt, CHUNK=update.CHUNK, BLOCK_D=bd))
+                yield (f"_combine_kernel[{name}]", update._combine_kernel,
+                       dict(rows_ptr="*i64", end_ptr="*i64", hp_ptr=f"*{a}", w_ptr=f"*{t}", s1_ptr=f"*{a}",
+                            s2_ptr=f"*{a}", tail_ptr=f"*{a}", head_ptr=f"*{a}", chunks="i32", D="i32"),
+                       dict(OPT=opt, CHUNK=update.CHUNK, BOUNDS=update.BOUNDS, BLOCK_C=update.BLOCK_C, BLOCK_D=bd))
     for t in ("fp32", "fp64"):  # pim computes in fp32 (16-bit inputs are cast) or fp64
         bd = MAX_BLOCK_D
         for draw, has_label in ((True, True), (True, False), (False, True)):
