@@ -100,24 +100,3 @@ def test_deterministic_backward(backend):
     finally:
         torch.use_deterministic_algorithms(False)
     assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_update_state_checks_and_p_without_labels(backend):
-    indices, weight, offsets = make_embedding_inputs(8, FIELD_DIMS, 4, device="cuda")
-    grad_values, values, value_offsets = as_values(torch.randn(8, 16, device="cuda"), indices)
-    state = make_state("adam", weight)
-    before = weight.clone()
-    with pytest.raises(TypeError, match="exp_avg must have dtype torch.float32"):
-        op("embedding_update_adam", backend)(grad_values, values, value_offsets, offsets, weight, state[0].double(),
-                                             state[1], state[2], *HPARAMS["adam"])
-    with pytest.raises(ValueError, match="state_sum must have shape"):
-        op("embedding_update_rowwise_adagrad", backend)(grad_values, values, value_offsets, offsets, weight, state[0],
-                                                        0.1, 1e-10)
-    assert torch.equal(weight, before)
-    inp = make_pim_inputs(6, 8, device="cuda")
-    inp["label_prev"] = None
-    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
-        op("pim_attention", backend)(*pim_args({**inp, "p": torch.tensor(1.5)}))
-    with pytest.raises(TypeError, match="seed must have dtype"):
-        op("pim_attention", backend)(*pim_args({**inp, "seed": torch.tensor(3.0)}))

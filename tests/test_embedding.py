@@ -20,7 +20,13 @@ HPARAMS = {"sgd": (0.1,), "rowwise_adagrad": (0.1, 1e-10), "adam": (0.01, 0.9, 0
 
 
 def device_of(backend):
-    return "cuda" if backend == "cuda" else "cpu"
+    return "cuda" if backend == "cuda" or (backend == "triton" and not backends.triton_interpreted()) else "cpu"
+
+
+# Triton runs in the interpreter on CPU tensors, and compiled on CUDA tensors where there is a GPU.
+TRITON = pytest.param("triton", marks=pytest.mark.skipif(
+    not (backends.is_available("triton", "cpu") or backends.is_available("triton", "cuda")),
+    reason="triton not installed / not interpreted and no GPU"))
 
 
 def make_state(optimizer, weight):
@@ -92,7 +98,7 @@ def test_update_ops_match_reference(backend, optimizer, batch, dtype, index_dtyp
     assert torch.equal(w_got[untouched], weight[untouched])  # rows the batch did not touch stay as they were
 
 
-@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS + [TRITON])
 def test_update_errors_leave_the_table_untouched(backend):
     indices, weight, offsets = make_embedding_inputs(8, FIELD_DIMS, 4, device=device_of(backend))
     grad = torch.randn(8, 16, device=weight.device)
@@ -100,21 +106,26 @@ def test_update_errors_leave_the_table_untouched(backend):
     before = weight.clone()
     bad = indices.clone()
     bad[5, 3] = 300
+    update = {name: op(f"embedding_update_{name}", backend) for name in HPARAMS}
     with pytest.raises(IndexError, match=r"id 300 out of range for field 3 \(size 300\) at position 5"):
-        op("embedding_update_adam", backend)(*as_values(grad, bad), offsets, weight, *state, *HPARAMS["adam"])
+        update["adam"](*as_values(grad, bad), offsets, weight, *state, *HPARAMS["adam"])
     assert torch.equal(weight, before) and int(state[2]) == 0
     grad_values, values, value_offsets = as_values(grad, indices)
     with pytest.raises(ValueError, match=r"grad_values must be \[n, D\]"):
-        op("embedding_update_sgd", backend)(grad_values[:, :2], values, value_offsets, offsets, weight, 0.1)
+        update["sgd"](grad_values[:, :2], values, value_offsets, offsets, weight, 0.1)
     with pytest.raises(ValueError, match="value offsets must run from 0"):
-        op("embedding_update_sgd", backend)(grad_values, values, value_offsets.flip(0), offsets, weight, 0.1)
+        update["sgd"](grad_values, values, value_offsets.flip(0), offsets, weight, 0.1)
     with pytest.raises(TypeError, match="exp_avg must have dtype torch.float32"):
-        op("embedding_update_adam", backend)(grad_values, values, value_offsets, offsets, weight, state[0].double(),
-                                             state[1], state[2], *HPARAMS["adam"])
+        update["adam"](grad_values, values, value_offsets, offsets, weight, state[0].double(), state[1], state[2],
+                       *HPARAMS["adam"])
     with pytest.raises(ValueError, match="state_sum must have shape"):
-        op("embedding_update_rowwise_adagrad", backend)(grad_values, values, value_offsets, offsets, weight, state[0],
-                                                        0.1, 1e-10)
-    assert torch.equal(weight, before)
+        update["rowwise_adagrad"](grad_values, values, value_offsets, offsets, weight, state[0], 0.1, 1e-10)
+    with pytest.raises(ValueError, match="step must be a 0-dim int64 tensor"):
+        update["adam"](grad_values, values, value_offsets, offsets, weight, state[0], state[1],
+                       torch.zeros(1, dtype=torch.int64, device=weight.device), *HPARAMS["adam"])
+    with pytest.raises(ValueError, match="weight must be contiguous"):
+        update["sgd"](grad_values, values, value_offsets, offsets, weight.t().contiguous().t(), 0.1)
+    assert torch.equal(weight, before) and int(state[2]) == 0
 
 
 # ---------------------------------------------------------------------------------------------

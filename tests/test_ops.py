@@ -233,6 +233,9 @@ def test_pim_attention_errors(backend):
     expect(ValueError, "seed must be non-negative", seed=torch.tensor(-3))
     expect(ValueError, "p must be a 0-dim tensor", p=torch.tensor([0.5]))
     expect(TypeError, "seed must have dtype", seed=torch.tensor(3.0))
+    # without labels p and seed are unused, and still checked (the CUDA kernel once skipped them)
+    expect(ValueError, r"p must lie in \[0, 1\]", label_prev=None, p=torch.tensor(1.5))
+    expect(TypeError, "seed must have dtype", label_prev=None, seed=torch.tensor(3.0))
 
 
 def test_unavailable_backend_is_an_error_not_a_fallback():

@@ -202,35 +202,6 @@ def test_update_odd_batches_match_reference(optimizer, dtype, batch):
         torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
 
 
-def test_update_errors_leave_the_table_untouched():
-    indices, weight, offsets = make_embedding_inputs(8, FIELD_DIMS, 4, device=DEVICE)
-    grad = torch.randn(8, 16, device=DEVICE)
-    state = make_state("adam", weight)
-    before = weight.clone()
-    bad = indices.clone()
-    bad[5, 3] = 300
-    update = {name: op(f"embedding_update_{name}", "triton") for name in HPARAMS}
-    with pytest.raises(IndexError, match=r"id 300 out of range for field 3 \(size 300\) at position 5"):
-        update["adam"](*as_values(grad, bad), offsets, weight, *state, *HPARAMS["adam"])
-    assert torch.equal(weight, before) and int(state[2]) == 0
-    grad_values, values, value_offsets = as_values(grad, indices)
-    with pytest.raises(ValueError, match=r"grad_values must be \[n, D\]"):
-        update["sgd"](grad_values[:, :2], values, value_offsets, offsets, weight, 0.1)
-    with pytest.raises(ValueError, match="value offsets must run from 0"):
-        update["sgd"](grad_values, values, value_offsets.flip(0), offsets, weight, 0.1)
-    with pytest.raises(TypeError, match="exp_avg must have dtype torch.float32"):
-        update["adam"](grad_values, values, value_offsets, offsets, weight, state[0].double(), state[1], state[2],
-                       *HPARAMS["adam"])
-    with pytest.raises(ValueError, match="state_sum must have shape"):
-        update["rowwise_adagrad"](grad_values, values, value_offsets, offsets, weight, state[0], 0.1, 1e-10)
-    with pytest.raises(ValueError, match="step must be a 0-dim int64 tensor"):
-        update["adam"](grad_values, values, value_offsets, offsets, weight, state[0], state[1],
-                       torch.zeros(1, dtype=torch.int64), *HPARAMS["adam"])
-    with pytest.raises(ValueError, match="weight must be contiguous"):
-        update["sgd"](grad_values, values, value_offsets, offsets, weight.t().contiguous().t(), 0.1)
-    assert torch.equal(weight, before) and int(state[2]) == 0
-
-
 def test_update_refuses_rows_too_wide_for_int32_block_offsets():
     from pimm_fast.triton.update import BLOCK_C
 
@@ -345,11 +316,3 @@ def test_pim_backward_checks_select():
         backward(grad_u, *args[:8], torch.zeros(5, dtype=torch.bool, device=DEVICE), *args[8:])
     with pytest.raises(ValueError, match="grad_u must have the shape of v"):
         backward(grad_u[:3], *args[:8], torch.zeros(6, dtype=torch.bool, device=DEVICE), *args[8:])
-
-
-def test_pim_p_checked_without_labels():
-    inp = make_pim_inputs(6, 8, device=DEVICE)
-    inp["label_prev"] = None
-    inp["p"] = torch.tensor(1.5)
-    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
-        pimm_fast.ops.pim_attention(*pim_args(inp)[:10], backend="triton")
