@@ -215,13 +215,18 @@ def launch(body, tmp_path: Path, world: int = 2) -> None:
     assert [p.exitcode for p in procs] == [0] * world
 
 
-@pytest.fixture(scope="module")
-def sharded_run(tmp_path_factory):
+def launched(body, tmp_path_factory, name: str):
+    """(folder, rank 0's result.pt) of ``body`` run on 2 ranks in a fresh folder: a module fixture's value."""
     if not pdist.is_available():
         pytest.skip(pdist.INSTALL_HINT)
-    out = tmp_path_factory.mktemp("sharded")
-    launch(_sharded_body, out)
+    out = tmp_path_factory.mktemp(name)
+    launch(body, out)
     return out, torch.load(out / "result.pt", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory):
+    return launched(_sharded_body, tmp_path_factory, "sharded")
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pimm_fast import distributed as pdist
 from pimm_fast.train.trainer import TrainConfig, monitor_value
 
-from .test_distributed import (GLOBAL_BATCH, ROOT, SEED, _free_port, launch, make_data, requires_torchrec,
-                               torchrec_model)
+from .test_distributed import (GLOBAL_BATCH, ROOT, SEED, _free_port, launched, make_data,
+                               requires_torchrec, torchrec_model)
 
 EPOCHS, INTERRUPT_AFTER = 5, 3
 CONFIG = dict(epochs=EPOCHS, batch_size=GLOBAL_BATCH, seed=SEED, progress=False, patience=2, monitor="mean",
@@ -93,11 +92,7 @@ def _parity_body(rank: int, world: int, out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    if not pdist.is_available():
-        pytest.skip(pdist.INSTALL_HINT)
-    out = tmp_path_factory.mktemp("parity")
-    launch(_parity_body, out)
-    return out, torch.load(out / "result.pt", weights_only=False)
+    return launched(_parity_body, tmp_path_factory, "parity")
 
 
 def _without_wall_clock(history):

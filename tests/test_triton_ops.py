@@ -4,7 +4,6 @@ deterministic mode). On a GPU machine (no interpreter) the same tests run on CUD
 import pytest
 import torch
 
-import pimm_fast
 from pimm_fast import FusedEmbedding
 from pimm_fast import reference as R
 from pimm_fast.ops import backends, op

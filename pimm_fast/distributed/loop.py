@@ -20,7 +20,8 @@ import torch.distributed as dist
 from ..data import Batcher, CascadeData
 from ..metrics import cascade_metrics
 from ..models.base import check_finite
-from ..train.trainer import TrainConfig, check_monitor, dense_kwargs, lr_factor, model_input, monitor_value
+from ..train.trainer import (TrainConfig, check_monitor, dense_kwargs, early_stopping_step, lr_factor, model_input,
+                             monitor_value)
 from .parallel import (BEST, ShardedModel, agree, all_sum, gather_predictions, load_checkpoint, restore, save_checkpoint,
                        snapshot)
 
@@ -162,14 +163,8 @@ class DistributedTrainer:
         metrics = box[0]
         value = monitor_value(metrics, self.config.monitor)
         record["valid"], record["monitor"] = metrics, value
-        early = self.early
-        if value is not None and (early["best"] is None or value > early["best"]):
-            early.update(best=value, best_epoch=epoch, bad_epochs=0)
+        if early_stopping_step(self.early, value, epoch, self.config.patience):
             self._save_best(epoch, value)
-        else:
-            early["bad_epochs"] += 1
-        if self.config.patience is not None and early["bad_epochs"] >= self.config.patience:
-            early["stopped"] = True
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self) -> list[dict]:

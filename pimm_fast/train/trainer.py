@@ -144,6 +144,19 @@ def monitor_value(metrics: dict, monitor: str) -> Optional[float]:
     return metrics["auc"][list(metrics["tasks"]).index(monitor)]
 
 
+def early_stopping_step(early: dict, value: Optional[float], epoch: int, patience: Optional[int]) -> bool:
+    """Record epoch ``epoch``'s monitored ``value`` in ``early`` (best, best_epoch, bad_epochs, stopped);
+    True when it is the best so far. An undefined value (None) counts as no improvement."""
+    improved = value is not None and (early["best"] is None or value > early["best"])
+    if improved:
+        early.update(best=value, best_epoch=epoch, bad_epochs=0)
+    else:
+        early["bad_epochs"] += 1
+    if patience is not None and early["bad_epochs"] >= patience:
+        early["stopped"] = True
+    return improved
+
+
 def check_monitor(monitor: str, task_names) -> None:
     if monitor not in ("last", "mean", "logloss") and monitor not in tuple(task_names):
         raise ValueError(f"monitor must be 'last', 'mean', 'logloss' or a task name ({', '.join(task_names)}), "
@@ -316,14 +329,8 @@ class Trainer:
             record["valid"] = metrics
             value = monitor_value(metrics, self.config.monitor)
             record["monitor"] = value
-            early = self.early
-            if value is not None and (early["best"] is None or value > early["best"]):
-                early.update(best=value, best_epoch=epoch, bad_epochs=0)
+            if early_stopping_step(self.early, value, epoch, self.config.patience):
                 self._save_best(epoch, value)
-            else:
-                early["bad_epochs"] += 1
-            if self.config.patience is not None and early["bad_epochs"] >= self.config.patience:
-                early["stopped"] = True
         self.history.append(record)
         st.update(epoch=epoch + 1, position=0, loss_sum=0.0, seen=0, epoch_seconds=0.0)
         return record
