@@ -166,18 +166,19 @@ def check_data_spec(spec: str, samples: int = 1, seed: int = 0) -> None:
         raise UsageError(str(err)) from None
 
 
-def load_data(spec: str, samples: int, seed: int):
+def load_data(spec: str, samples: int, seed: int, quiet: bool = False):
     """The splits (train, valid, test) of a data spec; bad specs and unreadable data raise UsageError with the reason. The
-    drop report (every dropped or altered row, by reason and split) is printed and kept in
-    ``train.meta['report']``."""
+    drop report (every dropped or altered row, by reason and split) is printed (unless ``quiet``: compare's
+    workers load what the parent has loaded and reported) and kept in ``train.meta['report']``."""
     from .data import DataFormatError, load
 
+    log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
     try:
-        splits = load(spec, log=lambda msg: print(msg, flush=True), **_load_options(spec, samples, seed))
+        splits = load(spec, log=log, **_load_options(spec, samples, seed))
     except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, DataFormatError) as err:
         raise UsageError(str(err)) from None
     for line in splits.report_lines():
-        print(f"data: {line}", flush=True)
+        log(f"data: {line}")
     splits.train.meta["report"] = splits.report
     return splits
 

@@ -59,10 +59,10 @@ def build(config: dict, data, device: str):
     return build_model(args, data).to(device)
 
 
-def load_splits(spec: str, samples: int, seed: int):
+def load_splits(spec: str, samples: int, seed: int, quiet: bool = False):
     from ..cli import load_data
 
-    return load_data(spec, samples, seed)
+    return load_data(spec, samples, seed, quiet=quiet)
 
 
 def _fmt(value, width: int, digits: int = 4) -> str:

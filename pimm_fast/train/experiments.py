@@ -231,7 +231,7 @@ def _init_worker(spec: str, samples: int, split_seed: int, threads: int, slots, 
     with slots.get_lock():
         slot = slots.value
         slots.value += 1
-    _WORKER.update(splits=load_splits(spec, samples, split_seed), slot=slot, progress=progress)
+    _WORKER.update(splits=load_splits(spec, samples, split_seed, quiet=True), slot=slot, progress=progress)
 
 
 def _worker_run(config: dict, device: str) -> dict:
