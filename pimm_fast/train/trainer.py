@@ -373,8 +373,8 @@ class Trainer:
                     st["global_step"] += 1
                     bar.update(1)
                     if step % 50 == 0:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{st['loss_sum'] / st['seen']:.4f}",
-                                        p=f"{getattr(model, 'p', 0.0):.3f}")
+                        shown = {"p": f"{model.p:.3f}"} if hasattr(model, "p") else {}  # PIMM's curriculum
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{st['loss_sum'] / st['seen']:.4f}", **shown)
                     if cfg.checkpoint_every and st["global_step"] % cfg.checkpoint_every == 0 \
                             and step + 1 < self.steps:  # the epoch-end checkpoint follows the last step
                         st["epoch_seconds"] += time.perf_counter() - started
