@@ -521,7 +521,7 @@ class ExportedBagModel(ExportedModel):
         if bool((steps < 0).any()):
             j = int((steps < 0).nonzero()[0])
             raise ValueError(f"bag_offsets must not decrease: bag_offsets[{j + 1}] = {int(bag_offsets[j + 1])} < "
-                             f"bag_offsets[{j}] = {int(bag_offsets[j])} (bag of {self._bag(j, B)})")
+                             f"bag_offsets[{j}] = {int(bag_offsets[j])} (the bag of {self._bag(j, B)} would end before it starts)")
         if int(bag_offsets[-1]) != n:
             raise ValueError(f"bag_offsets must end at len(bag_values) = {n}, got {int(bag_offsets[-1])}")
         if n:
@@ -728,8 +728,9 @@ def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu
     the way ``pimm-fast evaluate`` and ``predict`` rebuild it (pimm_fast.train.commands)."""
     from .train.commands import load_run_model
 
-    model, _, _, _, splits = load_run_model(Path(directory), None, device)
-    return model.to(device).eval(), list(splits.field_names) or None
+    model, _, _, test, splits = load_run_model(Path(directory), None, device)
+    names = list(splits.field_names) + list(test.bag_names)  # single-valued fields, then the bags
+    return model.to(device).eval(), names if names and len(names) == len(test.model_field_dims) else None
 
 
 def cmd_export(args) -> int:
@@ -745,7 +746,8 @@ def cmd_export(args) -> int:
     except ExportError as err:
         _fail(str(err))
     meta = read_metadata(args.out)
-    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields, tasks {' -> '.join(meta['task_names'])}, "
+    bags = f" ({meta['num_bag_fields']} of them bags)" if meta["num_bag_fields"] else ""
+    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields{bags}, tasks {' -> '.join(meta['task_names'])}, "
           f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
     return 0
 
