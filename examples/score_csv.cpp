@@ -17,8 +17,9 @@
 // A package with bag fields takes three tensors (pimm_fast.export.ExportedBagModel): ids int64
 // [B, F_single], bag_values int64 [N] (field-major: all rows' bags of the first bag field, then the
 // next field's) and bag_offsets int64 [F_bag*B + 1] (bag (k, b) = bag_values[bag_offsets[k*B + b] :
-// bag_offsets[k*B + b + 1]]). AOTInductor does not check input sizes: a caller must pass exactly
-// F_bag*B + 1 offsets (here they are built from the CSV, so they always are).
+// bag_offsets[k*B + b + 1]]). AOTInductor does not check input sizes and the package reads F_bag*B + 1
+// offsets whatever the tensor holds: a caller must pass exactly that many (here they are built from the
+// CSV, so they always are). The embedding kernel checks the ids and that the offsets run from 0 to N.
 #include <dlfcn.h>
 
 #include <ATen/ATen.h>
