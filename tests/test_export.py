@@ -508,7 +508,7 @@ def test_cpp_example_scores_bags(score_csv, selfcheck_dir, tmp_path):
 
 
 @needs_cpp
-def test_cli_export_and_predict_with_bags(tmp_path):
+def test_cli_export_and_predict_with_bags(tmp_path, capsys):
     """Ali-CCP's 23-field layout (17 single-valued fields + 6 mean-pooled bags, some empty): train,
     `pimm-fast export`, then `predict --model` gives the checkpoint's predictions."""
     import pyarrow.parquet as pq
@@ -540,8 +540,10 @@ def test_cli_export_and_predict_with_bags(tmp_path):
         else:
             assert a[column] == b[column], column
     # data without the bags does not fit the package
+    capsys.readouterr()
     assert cli.main(["predict", "--model", str(package), "--data", data.replace("variant=full", "variant=aitm"),
                      "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "does not fit" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
 
 
 # ---------------------------------------------------------------------------------------------
