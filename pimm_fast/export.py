@@ -467,8 +467,9 @@ class ExportedBagModel(ExportedModel):
         ``bag_offsets``.
     dense: float [B, K] for a model with dense features.
 
-    Checks every call's input and raises TypeError / ValueError / IndexError naming the problem (row,
-    field, position)."""
+    Checks every call's input (:meth:`check`) and raises TypeError / ValueError / IndexError naming the
+    problem (row, field, position in bag_values). The bag ids are checked with one min/max pass per bag
+    field; the package's embedding kernel checks ids and offsets again (what a C++ caller relies on)."""
 
     def __init__(self, runner, metadata: dict, device: torch.device, path: Path):
         super().__init__(runner, metadata, device, path)
@@ -482,8 +483,9 @@ class ExportedBagModel(ExportedModel):
                 f"{self.num_bag_fields} bag fields, tasks {list(self.task_names)}, backend "
                 f"{self.metadata['backend']} on {self.device}, from {self.path})")
 
-    def check(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
-              dense: Optional[torch.Tensor] = None) -> None:
+    def _check_layout(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
+                      dense: Optional[torch.Tensor]) -> int:
+        """Types, dtypes and shapes (B >= 1, F_bag * B + 1 offsets, dense [B, K]); returns B."""
         F_s, F_b = self.num_single, self.num_bag_fields
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"ids must be a torch.Tensor [B, {F_s}], got {type(ids).__name__}")
@@ -498,12 +500,6 @@ class ExportedBagModel(ExportedModel):
         batch = self.metadata.get("batch")
         if batch is not None and B != batch:
             raise ValueError(f"this package was exported for batch {batch} (dynamic_batch=False), got B = {B}")
-        if F_s:
-            bad = (ids < 0) | (ids >= self._limits)
-            if bool(bad.any()):
-                r, f = (int(i) for i in bad.nonzero()[0])
-                raise IndexError(f"id {int(ids[r, f])} at row {r} is out of range for {self._field(f)}, which has "
-                                 f"{self.field_dims[f]} values (ids must be in [0, {self.field_dims[f]}))")
         for name, t in (("bag_values", bag_values), ("bag_offsets", bag_offsets)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -511,31 +507,47 @@ class ExportedBagModel(ExportedModel):
                 raise TypeError(f"{name} must be int64 or int32, got {t.dtype}")
             if t.dim() != 1:
                 raise ValueError(f"{name} must be 1-D, got shape {list(t.shape)}")
-        n, bag_offsets = bag_values.numel(), bag_offsets.to(torch.int64)
         if bag_offsets.numel() != F_b * B + 1:
             raise ValueError(f"bag_offsets must have F_bag * B + 1 = {F_b} * {B} + 1 = {F_b * B + 1} entries (one "
                              f"start per bag, field-major, then the end), got {bag_offsets.numel()}")
-        if int(bag_offsets[0]) != 0:
-            raise ValueError(f"bag_offsets must start at 0, got {int(bag_offsets[0])}")
-        steps = bag_offsets[1:] - bag_offsets[:-1]
-        if bool((steps < 0).any()):
-            j = int((steps < 0).nonzero()[0])
-            raise ValueError(f"bag_offsets must not decrease: bag_offsets[{j + 1}] = {int(bag_offsets[j + 1])} < "
-                             f"bag_offsets[{j}] = {int(bag_offsets[j])} (the bag of {self._bag(j, B)} would end before it starts)")
-        if int(bag_offsets[-1]) != n:
-            raise ValueError(f"bag_offsets must end at len(bag_values) = {n}, got {int(bag_offsets[-1])}")
-        if n:
-            ends = bag_offsets[::B]  # [F_bag + 1]: where each bag field's values start (and the last ends)
-            limit = torch.repeat_interleave(self._bag_limits, ends[1:] - ends[:-1], output_size=n)
-            bad = (bag_values < 0) | (bag_values >= limit)
+        self._check_dense(dense, B)
+        return B
+
+    def check(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
+              dense: Optional[torch.Tensor] = None) -> None:
+        """Every check, the contents included: ids in range per field, bag_offsets from 0, not decreasing,
+        ending at len(bag_values), bag ids in their field's range. Raises TypeError / ValueError / IndexError."""
+        B = self._check_layout(ids, bag_values, bag_offsets, dense)
+        F_s = self.num_single
+        if F_s:
+            bad = (ids < 0) | (ids >= self._limits)
             if bool(bad.any()):
-                i = int(bad.nonzero()[0])
+                r, f = (int(i) for i in bad.nonzero()[0])
+                raise IndexError(f"id {int(ids[r, f])} at row {r} is out of range for {self._field(f)}, which has "
+                                 f"{self.field_dims[f]} values (ids must be in [0, {self.field_dims[f]}))")
+        n = bag_values.numel()
+        bounds = bag_offsets[::B].tolist()  # [F_bag + 1]: where each bag field's values start, then N
+        if bounds[0] != 0:
+            raise ValueError(f"bag_offsets must start at 0, got {bounds[0]}")
+        if bool((bag_offsets[1:] < bag_offsets[:-1]).any()):
+            j = int((bag_offsets[1:] < bag_offsets[:-1]).nonzero()[0])
+            raise ValueError(f"bag_offsets must not decrease: bag_offsets[{j + 1}] = {int(bag_offsets[j + 1])} < "
+                             f"bag_offsets[{j}] = {int(bag_offsets[j])} (the bag of {self._bag(j, B)} would end "
+                             f"before it starts)")
+        if bounds[-1] != n:
+            raise ValueError(f"bag_offsets must end at len(bag_values) = {n}, got {bounds[-1]}")
+        for k in range(self.num_bag_fields):  # one pass over the values: min and max per bag field
+            start, stop, f = bounds[k], bounds[k + 1], F_s + k
+            if stop == start:
+                continue
+            lo, hi = (int(v) for v in torch.aminmax(bag_values[start:stop]))
+            if lo < 0 or hi >= self.field_dims[f]:
+                segment = bag_values[start:stop]
+                i = start + int(((segment < 0) | (segment >= self.field_dims[f])).nonzero()[0])
                 j = int(torch.searchsorted(bag_offsets, bag_offsets.new_tensor([i]), right=True)[0]) - 1
-                f = F_s + j // B
                 raise IndexError(f"bag id {int(bag_values[i])} at bag_values[{i}] ({self._bag(j, B)}) is out of range "
                                  f"for {self._field(f)}, which has {self.field_dims[f]} values (ids must be in "
                                  f"[0, {self.field_dims[f]}))")
-        self._check_dense(dense, B)
 
     def _bag(self, j: int, B: int) -> str:
         return f"row {j % B} of {self._field(self.num_single + j // B)}"
