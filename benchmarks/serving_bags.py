@@ -36,7 +36,8 @@ def make_model() -> torch.nn.Module:
 
     torch.manual_seed(0)
     dims = list(SINGLE_VOCAB.values()) + list(BAG_VOCAB.values())
-    embedding = pimm_fast.FieldEmbedding(dims, EMBED_DIM, pooling=["sum"] * len(SINGLE_VOCAB) + ["mean"] * len(BAG_VOCAB))
+    pooling = ["sum"] * len(SINGLE_VOCAB) + ["mean"] * len(BAG_VOCAB)
+    embedding = pimm_fast.FieldEmbedding(dims, EMBED_DIM, pooling=pooling)
     return pimm_fast.PIMM(dims, num_tasks=2, embed_dim=EMBED_DIM, tower_dims=TOWER_DIMS, embedding=embedding,
                           task_names=("click", "purchase")).eval()
 

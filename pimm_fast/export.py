@@ -476,7 +476,6 @@ class ExportedBagModel(ExportedModel):
         self.num_bag_fields = int(metadata["num_bag_fields"])
         self.num_single = len(self.field_dims) - self.num_bag_fields
         self._limits = self._limits[:self.num_single]
-        self._bag_limits = torch.tensor(self.field_dims[self.num_single:], dtype=torch.int64, device=device)
 
     def __repr__(self) -> str:
         return (f"ExportedBagModel({self.metadata['model_class']}, {self.num_single} single-valued + "
@@ -568,8 +567,9 @@ class ExportedBagModel(ExportedModel):
 def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> ExportedModel:
     """Load a package written by :func:`save`: returns ``fn(ids, dense=None) -> probs [B, T]`` with a
     ``metadata`` dict (an :class:`ExportedModel`); for a model with bag fields, ``fn(ids, bag_values,
-    bag_offsets, dense=None)`` (an :class:`ExportedBagModel`). ``device``: where to run it (default: the device it was exported for; a CUDA
-    package may be given another GPU, "cuda:1"). Needs pimm_fast installed, for the kernels."""
+    bag_offsets, dense=None)`` (an :class:`ExportedBagModel`). ``device``: where to run it (default: the
+    device it was exported for; a CUDA package may be given another GPU, "cuda:1"). Needs pimm_fast
+    installed, for the kernels."""
     from . import _extension, ops  # noqa: F401  (ops: the kernels the package calls must be registered)
 
     path = Path(path)
@@ -759,7 +759,8 @@ def cmd_export(args) -> int:
         _fail(str(err))
     meta = read_metadata(args.out)
     bags = f" ({meta['num_bag_fields']} of them bags)" if meta["num_bag_fields"] else ""
-    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields{bags}, tasks {' -> '.join(meta['task_names'])}, "
+    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields{bags}, tasks "
+          f"{' -> '.join(meta['task_names'])}, "
           f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
     return 0
 

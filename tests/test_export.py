@@ -252,8 +252,8 @@ def test_save_argument_errors(tmp_path):
     with pytest.raises(px.ExportError, match=r"example must be a tuple \(ids, bag_values, bag_offsets\)"):
         px.save(bags, tmp_path / "m.pt2", example=torch.zeros(2, 2, dtype=torch.int64))
     with pytest.raises(px.ExportError, match=r"example ids must be \[B, 2\] \(the 2 single-valued fields\)"):
-        px.save(bags, tmp_path / "m.pt2", example=(torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64),
-                                                   torch.tensor([0, 1, 2])))
+        example = (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), torch.tensor([0, 1, 2]))
+        px.save(bags, tmp_path / "m.pt2", example=example)
     assert not list(tmp_path.iterdir())
 
 
@@ -389,7 +389,8 @@ def test_cpp_example_rejects_bad_ids(score_csv, pimm_package, tmp_path):
 def bag_package(selfcheck_dir) -> Path:
     path = selfcheck_dir / "pimm-bags.pt2"
     if not path.exists():
-        pytest.fail("the self-check did not export PIMM with bags:\n" + (selfcheck_dir / "selfcheck.log").read_text()[-3000:])
+        pytest.fail("the self-check did not export PIMM with bags:\n"
+                    + (selfcheck_dir / "selfcheck.log").read_text()[-3000:])
     return path
 
 
@@ -398,12 +399,17 @@ def bag_loaded(bag_package):
     return px.load(bag_package)
 
 
+def _bag_fields(*fields):
+    """Bag fields given as lists of per-row id lists -> one (ids, offsets [B + 1]) per field."""
+    return [(torch.tensor([i for bag in rows for i in bag], dtype=torch.int64),
+             torch.tensor([0] + [len(bag) for bag in rows]).cumsum(0)) for rows in fields]
+
+
 def _bags(*fields):
-    """(bag_values, bag_offsets) of bag fields given as lists of per-row id lists."""
+    """(bag_values, bag_offsets) of bag fields given as lists of per-row id lists: the package's layout."""
     from pimm_fast.modules import JaggedIds
 
-    packed = JaggedIds.from_fields([(torch.tensor([i for bag in rows for i in bag], dtype=torch.int64),
-                                     torch.tensor([0] + [len(bag) for bag in rows]).cumsum(0)) for rows in fields])
+    packed = JaggedIds.from_fields(_bag_fields(*fields))
     return packed.values, packed.bag_offsets
 
 
@@ -424,12 +430,10 @@ def test_bag_package_metadata_and_eager_parity_in_process(selfcheck_dir, bag_loa
     ids = torch.tensor([[1, 2, 3], [6, 10, 4], [0, 0, 0]])
     for fields in (([[1, 12], [], [3]], [[8], [0, 1, 2, 3, 4, 5, 6], []]),  # varying lengths, empty bags
                    ([[], [], []], [[], [], []])):  # no value at all
-        values, offsets = _bags(*fields)
-        x = JaggedIds.from_fields([ids[:, f] for f in range(3)] + [(torch.tensor([i for b in r for i in b], dtype=torch.int64),
-                                                                    torch.tensor([0] + [len(b) for b in r]).cumsum(0))
-                                                                   for r in fields])
+        x = JaggedIds.from_fields([ids[:, f] for f in range(3)] + _bag_fields(*fields))
         with torch.no_grad():
             expected = model(x)
+        values, offsets = _bags(*fields)
         got = bag_loaded(ids, values, offsets)
         assert (got - expected).abs().max().item() <= 1e-6
         assert torch.equal(bag_loaded(ids.int(), values.int(), offsets.int()), got)
@@ -458,7 +462,8 @@ def _bad_bag_cases():
         ((ids, [1, 2, 3, 4], offsets), TypeError, "bag_values must be a torch.Tensor"),
         ((torch.zeros(2, 5, dtype=torch.int64), values, offsets), ValueError,
          r"ids must be \[B, 3\] \(the 3 single-valued fields; the 2 bag fields come as bag_values and bag_offsets\)"),
-        ((ids[:0], values[:0], torch.zeros(1, dtype=torch.int64)), ValueError, r"at least one row \(B >= 1\), got B = 0"),
+        ((ids[:0], values[:0], torch.zeros(1, dtype=torch.int64)), ValueError,
+         r"at least one row \(B >= 1\), got B = 0"),
         ((ids, values, offsets, torch.zeros(2, 1)), ValueError, "takes no dense features"),
     ]
 
@@ -485,9 +490,10 @@ def test_cpp_example_scores_bags(score_csv, selfcheck_dir, tmp_path):
     case = torch.load(selfcheck_dir / "pimm-bags-7.pt")
     ids, values, offsets = case["inputs"]
     batch, bags = ids.shape[0], (offsets.numel() - 1) // ids.shape[0]
-    rows = [",".join([str(int(v)) for v in ids[b]] + ["|".join(str(int(v)) for v in values[offsets[k * batch + b]:
-                                                                                              offsets[k * batch + b + 1]])
-                                                       for k in range(bags)]) for b in range(batch)]
+    def cell(k, b):  # the ids of bag field k, row b, separated by '|'
+        return "|".join(str(int(v)) for v in values[offsets[k * batch + b]:offsets[k * batch + b + 1]])
+
+    rows = [",".join([str(int(v)) for v in ids[b]] + [cell(k, b) for k in range(bags)]) for b in range(batch)]
     assert any(",," in r or r.endswith(",") for r in rows)  # an empty bag is in the file
     csv = tmp_path / "bags.csv"
     csv.write_text("f0,f1,f2,tags,history\n" + "\n".join(rows) + "\n")
@@ -519,11 +525,11 @@ def test_cli_export_and_predict_with_bags(tmp_path, capsys):
     write_synthetic_raw(tmp_path, "train", num_rows=1500, seed=1)
     write_synthetic_raw(tmp_path, "test", num_rows=600, seed=2)
     data, run = f"aliccp-raw:{tmp_path}?variant=full&cache=none&min_count=1", tmp_path / "run"
-    assert cli.main(["train", "--data", data, "--model", "pimm", "--embed-dim", "4", "--tower-dims", "16,8", "--seed", "3",
-                     "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    assert cli.main(["train", "--data", data, "--model", "pimm", "--embed-dim", "4", "--tower-dims", "16,8",
+                     "--seed", "3", "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
     package = tmp_path / "model.pt2"
-    result = subprocess.run([sys.executable, "-m", "pimm_fast", "export", "--checkpoint", str(run), "--out", str(package)],
-                            capture_output=True, text=True, env=_env())
+    result = subprocess.run([sys.executable, "-m", "pimm_fast", "export", "--checkpoint", str(run),
+                             "--out", str(package)], capture_output=True, text=True, env=_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "exported PIMM (23 fields (6 of them bags)" in result.stdout
     meta = px.read_metadata(package)
