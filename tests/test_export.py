@@ -439,6 +439,36 @@ def test_bag_package_metadata_and_eager_parity_in_process(selfcheck_dir, bag_loa
         assert torch.equal(bag_loaded(ids.int(), values.int(), offsets.int()), got)
 
 
+@needs_cpp
+def test_bags_with_dense_features_and_a_static_batch(tmp_path):
+    """Bags, dense features and dynamic_batch=False together; a field with sum pooling before the bags, and
+    a value count that differs from the example's (always dynamic)."""
+    from pimm_fast.modules import JaggedIds
+
+    torch.manual_seed(0)
+    embedding = pimm_fast.FieldEmbedding([5, 6, 7], 4, pooling=["sum", "mean", "mean"])
+    model = pimm_fast.ESMM([5, 6, 7], num_tasks=2, tower_dims=(8,), embedding=embedding, num_dense=2)
+    model.dense_input.fit(torch.randn(50, 2))
+    model.eval()
+    example = (torch.zeros(3, 1, dtype=torch.int64), torch.zeros(2, dtype=torch.int64),
+               torch.tensor([0, 1, 1, 1, 2, 2, 2]), torch.zeros(3, 2))
+    path = px.save(model, tmp_path / "bags-dense.pt2", example=example, dynamic_batch=False,
+                   inductor_configs={"aot_inductor.compile_wrapper_opt_level": "O0"})
+    fn = px.load(path)
+    assert fn.metadata["inputs"] == ["ids", "bag_values", "bag_offsets", "dense"] and fn.metadata["batch"] == 3
+    ids, fields = torch.tensor([[1], [4], [0]]), _bag_fields([[], [1, 2, 5], []], [[6], [], [6, 0, 1]])
+    values, offsets = _bags([[], [1, 2, 5], []], [[6], [], [6, 0, 1]])
+    dense = torch.tensor([[0.5, float("nan")], [1.0, 2.0], [-1.0, 0.0]])
+    expected = model(JaggedIds.from_fields([ids[:, 0]] + fields), dense=dense)
+    assert (fn(ids, values, offsets, dense) - expected).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match=r"exported for batch 3 \(dynamic_batch=False\), got B = 2"):
+        fn(ids[:2], values[:3], torch.tensor([0, 0, 3, 4, 4]), dense[:2])
+    with pytest.raises(ValueError, match=r"dense must be \[B, K\] = \[3, 2\]"):
+        fn(ids, values, offsets, dense[:, :1])
+    with pytest.raises(ValueError, match="takes 2 dense features"):
+        fn(ids, values, offsets)
+
+
 def _bad_bag_cases():
     ids = torch.tensor([[1, 2, 3], [0, 0, 0]])
     values, offsets = _bags([[1], []], [[2, 3], [4]])  # offsets [0, 1, 1, 3, 4]
