@@ -6,11 +6,20 @@
 // (after 10 warm-up runs) and print the latency p50 / p99 and the throughput on stdout.
 //
 // IDS.csv: one row per impression, the F id columns in the model's field order (then the K dense
-// values when the model has dense features; empty or "nan" = missing). A first line that is not numeric
+// values when the model has dense features; empty or "nan" = missing). A model with multi-valued (bag)
+// fields - the last F_bag fields - takes one cell per bag field holding its ids separated by '|'
+// ("3|17|42"; an empty cell is an empty bag, which pools to zeros). A first line that is not numeric
 // is a header and skipped. Prints one line "p_<task>,..." then one line of probabilities per row.
 // Exit status 0 on success, 1 on any error (with a message on stderr); an id outside its field's range
 // is an error, never an out-of-bounds read (checked here against the package's field sizes, and again
 // by the embedding kernel).
+//
+// A package with bag fields takes three tensors (pimm_fast.export.ExportedBagModel): ids int64
+// [B, F_single], bag_values int64 [N] (field-major: all rows' bags of the first bag field, then the
+// next field's) and bag_offsets int64 [F_bag*B + 1] (bag (k, b) = bag_values[bag_offsets[k*B + b] :
+// bag_offsets[k*B + b + 1]]). AOTInductor does not check input sizes and the package reads F_bag*B + 1
+// offsets whatever the tensor holds: a caller must pass exactly that many (here they are built from the
+// CSV, so they always are). The embedding kernel checks the ids and that the offsets run from 0 to N.
 #include <dlfcn.h>
 
 #include <ATen/ATen.h>
@@ -71,39 +80,72 @@ std::string metadata(const std::unordered_map<std::string, std::string>& meta, c
 }
 
 struct Batch {
-  std::vector<int64_t> ids;   // [B, F] row-major
-  std::vector<float> dense;   // [B, K] row-major
+  std::vector<int64_t> ids;                     // [B, F_single] row-major
+  std::vector<std::vector<int64_t>> bag_ids;    // per bag field: its rows' ids, row after row
+  std::vector<std::vector<int64_t>> bag_sizes;  // per bag field: [B] bag lengths
+  std::vector<float> dense;                     // [B, K] row-major
   int64_t rows = 0;
 };
 
-Batch read_csv(const std::string& path, const std::vector<int64_t>& field_dims, int64_t num_dense) {
+// The ids of a bag cell ("3|17|42", "" = empty bag) into out; false when one is not an integer.
+bool parse_bag(const std::string& cell, std::vector<int64_t>& out) {
+  out.clear();
+  if (trim(cell).empty()) return true;
+  for (const auto& part : split(cell, '|')) {
+    int64_t id = 0;
+    if (!parse_int(part, id)) return false;
+    out.push_back(id);
+  }
+  return true;
+}
+
+Batch read_csv(const std::string& path, const std::vector<int64_t>& field_dims, int64_t num_bags, int64_t num_dense) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error(path + ": cannot open the CSV file");
   const auto fields = static_cast<int64_t>(field_dims.size());
+  const int64_t single = fields - num_bags;
   Batch batch;
+  batch.bag_ids.resize(num_bags);
+  batch.bag_sizes.resize(num_bags);
+  std::vector<int64_t> bag;
   std::string line;
   for (int64_t line_no = 1; std::getline(in, line); ++line_no) {
     if (trim(line).empty()) continue;
     const auto cells = split(line, ',');
     int64_t first = 0;
-    if (line_no == 1 && !parse_int(cells[0], first)) continue;  // a header
+    if (line_no == 1 && !(single ? parse_int(cells[0], first) : parse_bag(cells[0], bag))) continue;  // a header
+    const std::string at = path + ":" + std::to_string(line_no) + ": ";
     if (static_cast<int64_t>(cells.size()) != fields + num_dense) {
-      throw std::runtime_error(path + ":" + std::to_string(line_no) + ": expected " + std::to_string(fields) +
-                               " id columns" + (num_dense ? " and " + std::to_string(num_dense) + " dense" : "") +
-                               ", got " + std::to_string(cells.size()) + " columns");
+      throw std::runtime_error(at + "expected " + std::to_string(single) + " id columns" +
+                               (num_bags ? ", " + std::to_string(num_bags) + " bag columns" : "") +
+                               (num_dense ? " and " + std::to_string(num_dense) + " dense" : "") + ", got " +
+                               std::to_string(cells.size()) + " columns");
     }
     for (int64_t f = 0; f < fields; ++f) {
-      int64_t id = 0;
-      if (!parse_int(cells[f], id)) {
-        throw std::runtime_error(path + ":" + std::to_string(line_no) + ": field " + std::to_string(f) +
-                                 ": not an integer id: '" + cells[f] + "'");
+      if (f < single) {
+        int64_t id = 0;
+        if (!parse_int(cells[f], id)) {
+          throw std::runtime_error(at + "field " + std::to_string(f) + ": not an integer id: '" + cells[f] + "'");
+        }
+        bag.assign(1, id);
+      } else if (!parse_bag(cells[f], bag)) {
+        throw std::runtime_error(at + "field " + std::to_string(f) + " (bag): not integer ids separated by '|': '" +
+                                 cells[f] + "'");
       }
-      if (id < 0 || id >= field_dims[f]) {
-        throw std::out_of_range(path + ":" + std::to_string(line_no) + ": id " + std::to_string(id) +
-                                " is out of range for field " + std::to_string(f) + ", which has " +
-                                std::to_string(field_dims[f]) + " values");
+      for (const int64_t id : bag) {
+        if (id < 0 || id >= field_dims[f]) {
+          throw std::out_of_range(at + "id " + std::to_string(id) + " is out of range for field " + std::to_string(f) +
+                                  (f < single ? "" : " (bag)") + ", which has " + std::to_string(field_dims[f]) +
+                                  " values");
+        }
       }
-      batch.ids.push_back(id);
+      if (f < single) {
+        batch.ids.push_back(bag[0]);
+      } else {
+        auto& values = batch.bag_ids[f - single];
+        values.insert(values.end(), bag.begin(), bag.end());
+        batch.bag_sizes[f - single].push_back(static_cast<int64_t>(bag.size()));
+      }
     }
     for (int64_t k = 0; k < num_dense; ++k) {
       const std::string s = trim(cells[fields + k]);
@@ -140,13 +182,25 @@ int run(int argc, char** argv) {
   for (const auto& d : split(metadata(meta, "pimm_fast.field_dims", model_path), ',')) field_dims.push_back(std::stoll(d));
   const auto tasks = split(metadata(meta, "pimm_fast.task_names", model_path), ',');
   const int64_t num_dense = std::stoll(metadata(meta, "pimm_fast.num_dense", model_path));
+  // Packages written before bag fields could be exported have no such key: no bags.
+  const auto bags_key = meta.find("pimm_fast.num_bag_fields");
+  const int64_t num_bags = bags_key == meta.end() ? 0 : std::stoll(bags_key->second);
   if (metadata(meta, "AOTI_DEVICE_KEY", model_path) != "cpu") {
     throw std::runtime_error(model_path + ": this example runs CPU packages; export the model on the CPU");
   }
 
-  Batch batch = read_csv(csv_path, field_dims, num_dense);
-  const auto fields = static_cast<int64_t>(field_dims.size());
-  std::vector<at::Tensor> inputs{at::from_blob(batch.ids.data(), {batch.rows, fields}, at::kLong).clone()};
+  Batch batch = read_csv(csv_path, field_dims, num_bags, num_dense);
+  const int64_t single = static_cast<int64_t>(field_dims.size()) - num_bags;
+  std::vector<at::Tensor> inputs{at::from_blob(batch.ids.data(), {batch.rows, single}, at::kLong).clone()};
+  if (num_bags) {  // bag_values and bag_offsets, field-major
+    std::vector<int64_t> values, offsets{0};
+    for (int64_t k = 0; k < num_bags; ++k) {
+      values.insert(values.end(), batch.bag_ids[k].begin(), batch.bag_ids[k].end());
+      for (const int64_t n : batch.bag_sizes[k]) offsets.push_back(offsets.back() + n);
+    }
+    inputs.push_back(at::tensor(values, at::kLong));
+    inputs.push_back(at::tensor(offsets, at::kLong));
+  }
   if (num_dense) inputs.push_back(at::from_blob(batch.dense.data(), {batch.rows, num_dense}, at::kFloat).clone());
   if (bench_rounds > 0) {
     for (int i = 0; i < 10; ++i) loader.run(inputs);

@@ -6,6 +6,13 @@
     probs = score(ids)                   # ids [B, F] int64/int32 (+ dense [B, K] floats) -> probs [B, T]
     score.metadata["task_names"]
 
+A model with multi-valued (bag) fields - the last ``num_bag_fields`` fields, as the data loaders order
+them - is exported too; its package takes the single-valued ids and the bags apart:
+
+    probs = score(ids, bag_values, bag_offsets)   # ids [B, F_single]; the bags of the F_bag bag fields,
+                                                  # field-major: bag (k, b) = bag_values[bag_offsets[k*B + b]
+                                                  # : bag_offsets[k*B + b + 1]], bag_offsets [F_bag*B + 1]
+
 The package holds the model's graph compiled to C++ (the pimm_fast ops stay calls to the fused
 kernels of the backend the model ran on), its weights, and pimm_fast's metadata (field sizes, task
 names, dense-feature names and training statistics, backend, versions). A C++ program runs it with
@@ -18,7 +25,7 @@ a shared object, and the weights are then one plain blob that is read once at lo
 Checks made so that a package does not silently serve something else than what was trained: the
 backend is frozen at export (the kernels in the graph must be the asked backend's; exporting the
 reference path by accident, e.g. because the compiled library did not load, is an error); Triton
-kernels (launched from Python) cannot be packaged; multi-valued (bag) fields are refused. ``load``
+kernels (launched from Python) cannot be packaged. ``load``
 checks that the file is an intact pimm_fast package and that this CPU has the instruction set the
 package was compiled for.
 
@@ -36,11 +43,13 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a package that takes ids [B, F] (+ dense)
+BAG_FORMAT_VERSION = 2  # a package that takes ids [B, F_single], bag_values, bag_offsets (+ dense)
+SUPPORTED_FORMATS = (FORMAT_VERSION, BAG_FORMAT_VERSION)
 METADATA_KEY = "pimm_fast"
 _ISA_ORDER = ("DEFAULT", "NO AVX", "ZVECTOR", "AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability()
 
-__all__ = ["save", "load", "read_metadata", "ExportedModel", "ExportError", "PackageError"]
+__all__ = ["save", "load", "read_metadata", "ExportedModel", "ExportedBagModel", "ExportError", "PackageError"]
 
 
 class ExportError(RuntimeError):
@@ -68,6 +77,32 @@ class _Serving(nn.Module):
         return self.model(ids)
 
 
+class _BagServing(nn.Module):
+    """The eval-mode forward of a model with bag fields: single-valued ids [B, F_single], the bags of the
+    last F_bag fields (flat field-major values, offsets [F_bag*B + 1]) (+ dense) -> probabilities.
+
+    Builds the model's own input, ``JaggedIds`` over all F fields (a single-valued field is a field of
+    bags of length 1, as ``JaggedIds.from_fields`` makes it in training and evaluation), so the package
+    runs the same kernel on the same values and offsets as the eager model."""
+
+    def __init__(self, model: nn.Module, num_single: int, num_bags: int, with_dense: bool):
+        super().__init__()
+        self.model = model
+        self.num_single, self.num_bags, self.with_dense = num_single, num_bags, with_dense
+
+    def forward(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
+                dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        from .modules import JaggedIds
+
+        singles = self.num_single * ids.shape[0]
+        values = torch.cat([ids.t().reshape(-1), bag_values])
+        offsets = torch.cat([torch.arange(singles, dtype=torch.int64, device=ids.device), bag_offsets + singles])
+        x = JaggedIds(values, offsets, self.num_single + self.num_bags)
+        if self.with_dense:
+            return self.model(x, dense=dense)
+        return self.model(x)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     tensors = list(model.parameters()) + list(model.buffers())
     devices = {t.device for t in tensors}
@@ -76,16 +111,37 @@ def _model_device(model: nn.Module) -> torch.device:
     return devices.pop()
 
 
-def _model_metadata(model: nn.Module, field_names: Optional[Sequence[str]]) -> dict[str, Any]:
+def _bag_fields(pooling: Sequence[str], num_fields: int, num_bag_fields: Optional[int]) -> int:
+    """How many of the last fields are bags: ``num_bag_fields`` when given, else the trailing run of
+    mean-pooled fields (the layout of the data loaders and ``pimm-fast train``: single-valued fields with
+    sum pooling, then the bags, mean-pooled). A single-valued field is fed as a bag of one id, which
+    sum and mean pool alike, so with num_bag_fields given any field's pooling is accepted."""
+    mean = [f for f, mode in enumerate(pooling) if mode == "mean"]
+    if num_bag_fields is None:
+        num_bag_fields = len(mean)
+        if mean and mean != list(range(num_fields - len(mean), num_fields)):
+            raise ExportError(f"mean-pooled (bag) fields {mean} are not the last fields of the model: a package "
+                              f"takes the single-valued fields first, then the bags (as the data loaders order "
+                              f"them); pass num_bag_fields to say how many of the last fields are bags")
+        return num_bag_fields
+    if isinstance(num_bag_fields, bool) or not isinstance(num_bag_fields, int) or \
+            not 0 <= num_bag_fields <= num_fields:
+        raise ExportError(f"num_bag_fields must be an int in [0, {num_fields}], got {num_bag_fields!r}")
+    return num_bag_fields
+
+
+def _model_metadata(model: nn.Module, field_names: Optional[Sequence[str]],
+                    num_bag_fields: Optional[int] = None) -> dict[str, Any]:
     embedding = getattr(model, "embedding", None)
     field_dims = getattr(embedding, "field_dims", None) or getattr(model, "field_dims", None)
     if field_dims is None:
         raise ExportError(f"{type(model).__name__} has no embedding with field_dims: not a pimm_fast cascade model")
     field_dims = [int(d) for d in field_dims]
     pooling = tuple(getattr(embedding, "pooling", ()) or ())
-    if any(mode != "sum" for mode in pooling):  # bag fields are mean-pooled
-        raise ExportError("models with multi-valued (bag) fields cannot be exported yet: the package takes "
-                          "one id per field ([B, F] ids)")
+    if num_bag_fields is not None and num_bag_fields and not pooling:
+        raise ExportError(f"{type(embedding).__name__} does not pool bags (no 'pooling'): the model takes one id "
+                          f"per field, export it without num_bag_fields")
+    num_bags = _bag_fields(pooling, len(field_dims), num_bag_fields)
     if field_names is not None:
         field_names = [str(n) for n in field_names]
         if len(field_names) != len(field_dims):
@@ -98,6 +154,8 @@ def _model_metadata(model: nn.Module, field_names: Optional[Sequence[str]]) -> d
         "num_tasks": int(model.num_tasks),
         "num_dense": int(getattr(model, "num_dense", 0) or 0),
         "dense_names": [], "dense_mean": [], "dense_std": [],
+        "num_bag_fields": num_bags,
+        "bag_pooling": list(pooling[len(field_dims) - num_bags:]) if num_bags else [],
     }
     dense_input = getattr(model, "dense_input", None)
     if meta["num_dense"] and dense_input is not None:
@@ -147,12 +205,18 @@ def _check_backend(ops_used: list[str], asked: str, resolved: str) -> None:
 
 def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any] = None,
          dynamic_batch: bool = True, *, backend: str = "auto", field_names: Optional[Sequence[str]] = None,
-         inductor_configs: Optional[dict] = None) -> Path:
+         num_bag_fields: Optional[int] = None, inductor_configs: Optional[dict] = None) -> Path:
     """Export ``model`` (a pimm_fast cascade model) in eval mode to an AOTInductor package at ``path``.
 
     example: ids [B, F] (or a tuple ``(ids, dense)`` for a model with dense features) to trace with,
-        on the model's device; by default zeros with B = 2.
+        on the model's device; by default zeros with B = 2. For a model with bag fields: ``(ids,
+        bag_values, bag_offsets)`` (+ dense), ids [B, F_single]; only its batch size and dense rows are
+        used (the trace's bags hold 2-3 ids each; the number of values is always dynamic).
     dynamic_batch: any batch size >= 1 (default); False fixes the batch to the example's.
+    num_bag_fields: how many of the last fields are multi-valued (bags); by default the trailing run of
+        mean-pooled fields of the model's embedding (``pimm-fast train`` mean-pools bags and orders the
+        fields single-valued first). A package with bags is called ``fn(ids, bag_values, bag_offsets,
+        dense=None)`` (see :class:`ExportedBagModel`); 0 keeps ``fn(ids, dense=None)``.
     backend: the kernels the package must call: "auto" (the fused kernels of the model's device, never
         the reference fallback), "cpp", "cuda" or "reference" (on purpose). A model whose graph calls
         other kernels is an error.
@@ -173,31 +237,50 @@ def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any]
     if resolved == "triton":
         raise ExportError("Triton kernels are launched from Python and cannot be packaged; export with the "
                           "'cuda' backend (build the model with backend='cuda' or 'auto')")
-    meta = _model_metadata(model, field_names)
-    num_fields, num_dense = len(meta["field_dims"]), meta["num_dense"]
+    meta = _model_metadata(model, field_names, num_bag_fields)
+    num_fields, num_dense, num_bags = len(meta["field_dims"]), meta["num_dense"], meta["num_bag_fields"]
+    num_single = num_fields - num_bags
 
     if example is None:
-        ids = torch.zeros(2, num_fields, dtype=torch.int64, device=device)
+        ids = torch.zeros(2, num_single, dtype=torch.int64, device=device)
         dense = torch.zeros(2, num_dense, device=device) if num_dense else None
     else:
         parts = tuple(example) if isinstance(example, (tuple, list)) else (example,)
-        if len(parts) not in (1, 2) or not all(isinstance(t, torch.Tensor) for t in parts):
+        if num_bags:
+            if len(parts) not in (3, 4) or not all(isinstance(t, torch.Tensor) for t in parts):
+                raise ExportError("example must be a tuple (ids, bag_values, bag_offsets) or (ids, bag_values, "
+                                  "bag_offsets, dense) of tensors for a model with bag fields")
+            parts = (parts[0],) + parts[3:]
+        elif len(parts) not in (1, 2) or not all(isinstance(t, torch.Tensor) for t in parts):
             raise ExportError("example must be ids [B, F] or a tuple (ids, dense) of tensors")
         ids, dense = parts[0].to(device), (parts[1].to(device) if len(parts) == 2 else None)
-    if ids.dim() != 2 or ids.shape[1] != num_fields or ids.shape[0] < 1:
-        raise ExportError(f"example ids must be [B, {num_fields}] with B >= 1, got {list(ids.shape)}")
+    if ids.dim() != 2 or ids.shape[1] != num_single or ids.shape[0] < 1:
+        what = f"[B, {num_single}] (the {num_single} single-valued fields)" if num_bags else f"[B, {num_fields}]"
+        raise ExportError(f"example ids must be {what} with B >= 1, got {list(ids.shape)}")
     if num_dense and dense is None:
-        raise ExportError(f"the model has {num_dense} dense features: pass example=(ids, dense)")
+        raise ExportError(f"the model has {num_dense} dense features: pass the example with dense")
     if not num_dense and dense is not None:
         raise ExportError("dense features were given but the model has none")
     if dynamic_batch and ids.shape[0] == 1:  # torch.export specialises a size-1 dimension
         ids = ids.expand(2, -1).contiguous()
         dense = dense.expand(2, -1).contiguous() if dense is not None else None
-    args = (ids,) if dense is None else (ids, dense)
     batch = torch.export.Dim("batch", min=1, max=1 << 30) if dynamic_batch else None
-    shapes = tuple({0: batch} if dynamic_batch else None for _ in args)
-
-    serving = _Serving(model, num_dense > 0)
+    row = {0: batch} if dynamic_batch else None
+    if num_bags:
+        # The trace's bags hold 2 or 3 ids each (id 0: in range for every field); their values do not shape
+        # the graph, and a value count of 0 or 1 would be specialised. The count is always dynamic.
+        lengths = (2 + torch.arange(ids.shape[0], device=device) % 2).repeat(num_bags)
+        bag_offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        bag_values = torch.zeros(int(bag_offsets[-1]), dtype=torch.int64, device=device)
+        ids = ids.to(torch.int64)  # the wrapper passes int64 (the graph concatenates ids and bag values)
+        args = (ids, bag_values, bag_offsets) + ((dense,) if dense is not None else ())
+        shapes = (row, {0: torch.export.Dim("bag_values", min=0)},
+                  {0: num_bags * batch + 1} if dynamic_batch else None) + ((row,) if dense is not None else ())
+        serving = _BagServing(model, num_single, num_bags, num_dense > 0)
+    else:
+        args = (ids,) if dense is None else (ids, dense)
+        shapes = tuple(row for _ in args)
+        serving = _Serving(model, num_dense > 0)
     was_training = model.training
     model.eval()
     try:
@@ -211,7 +294,8 @@ def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any]
     _check_backend(ops_used, backend, resolved)
 
     meta.update({
-        "format": FORMAT_VERSION,
+        "format": BAG_FORMAT_VERSION if num_bags else FORMAT_VERSION,
+        "inputs": (["ids", "bag_values", "bag_offsets"] if num_bags else ["ids"]) + (["dense"] if num_dense else []),
         "pimm_fast_version": __version__,
         "torch_version": torch.__version__,
         "backend": resolved,
@@ -248,6 +332,7 @@ def _flat_metadata(meta: dict) -> dict[str, str]:
         f"{METADATA_KEY}.field_dims": ",".join(str(d) for d in meta["field_dims"]),
         f"{METADATA_KEY}.task_names": ",".join(meta["task_names"]),
         f"{METADATA_KEY}.num_dense": str(meta["num_dense"]),
+        f"{METADATA_KEY}.num_bag_fields": str(meta["num_bag_fields"]),
         f"{METADATA_KEY}.backend": meta["backend"],
     }
 
@@ -286,9 +371,10 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
         raise PackageError(f"{path}: not a pimm_fast package (an AOTInductor or other .pt2 without pimm_fast's "
                            f"metadata); export the model with pimm_fast.export.save or `pimm-fast export`")
     meta = json.loads(found)
-    if meta.get("format") != FORMAT_VERSION:
+    if meta.get("format") not in SUPPORTED_FORMATS:
         raise PackageError(f"{path}: package format {meta.get('format')} is not supported by this pimm_fast "
-                           f"(format {FORMAT_VERSION}); export it again")
+                           f"(formats {', '.join(map(str, SUPPORTED_FORMATS))}); export it again")
+    meta.setdefault("num_bag_fields", 0)
     return meta
 
 
@@ -344,14 +430,17 @@ class ExportedModel:
             r, f = (int(i) for i in bad.nonzero()[0])
             raise IndexError(f"id {int(ids[r, f])} at row {r} is out of range for {self._field(f)}, which has "
                              f"{self.field_dims[f]} values (ids must be in [0, {self.field_dims[f]}))")
+        self._check_dense(dense, ids.shape[0])
+
+    def _check_dense(self, dense: Optional[torch.Tensor], rows: int) -> None:
         if self.num_dense:
             if dense is None:
                 raise ValueError(f"this model takes {self.num_dense} dense features: pass dense [B, {self.num_dense}]")
             if not isinstance(dense, torch.Tensor) or not dense.is_floating_point():
                 raise TypeError(f"dense must be a float tensor, got "
                                 f"{dense.dtype if isinstance(dense, torch.Tensor) else type(dense).__name__}")
-            if dense.dim() != 2 or dense.shape != (ids.shape[0], self.num_dense):
-                raise ValueError(f"dense must be [B, K] = [{ids.shape[0]}, {self.num_dense}], got {list(dense.shape)}")
+            if dense.dim() != 2 or dense.shape != (rows, self.num_dense):
+                raise ValueError(f"dense must be [B, K] = [{rows}, {self.num_dense}], got {list(dense.shape)}")
         elif dense is not None:
             raise ValueError("this model takes no dense features, but dense was passed")
 
@@ -365,10 +454,122 @@ class ExportedModel:
             return self._runner(ids.contiguous())
 
 
+class ExportedBagModel(ExportedModel):
+    """A loaded package of a model with multi-valued (bag) fields:
+    ``fn(ids, bag_values, bag_offsets, dense=None) -> probs [B, T]``.
+
+    ids: int64/int32 [B, F_single], the single-valued fields (the first F - F_bag fields, in order).
+    bag_values: int64/int32 [N], the ids of the F_bag bag fields (the last fields), field-local, field-major:
+        bag (k, b) of bag field k and row b is ``bag_values[bag_offsets[k*B + b] : bag_offsets[k*B + b + 1]]``.
+    bag_offsets: int64 (or int32) [F_bag*B + 1], from 0, never decreasing, ending at N. An empty bag
+        (two equal offsets) pools to zeros. ``JaggedIds.from_fields([(ids_k, offsets_k), ...])`` builds the
+        pair from one ``nn.EmbeddingBag``-style (ids, offsets [B + 1]) per bag field: its ``values`` and
+        ``bag_offsets``.
+    dense: float [B, K] for a model with dense features.
+
+    Checks every call's input (:meth:`check`) and raises TypeError / ValueError / IndexError naming the
+    problem (row, field, position in bag_values). The bag ids are checked with one min/max pass per bag
+    field; the package's embedding kernel checks ids and offsets again (what a C++ caller relies on)."""
+
+    def __init__(self, runner, metadata: dict, device: torch.device, path: Path):
+        super().__init__(runner, metadata, device, path)
+        self.num_bag_fields = int(metadata["num_bag_fields"])
+        self.num_single = len(self.field_dims) - self.num_bag_fields
+        self._limits = self._limits[:self.num_single]
+
+    def __repr__(self) -> str:
+        return (f"ExportedBagModel({self.metadata['model_class']}, {self.num_single} single-valued + "
+                f"{self.num_bag_fields} bag fields, tasks {list(self.task_names)}, backend "
+                f"{self.metadata['backend']} on {self.device}, from {self.path})")
+
+    def _check_layout(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
+                      dense: Optional[torch.Tensor]) -> int:
+        """Types, dtypes and shapes (B >= 1, F_bag * B + 1 offsets, dense [B, K]); returns B."""
+        F_s, F_b = self.num_single, self.num_bag_fields
+        if not isinstance(ids, torch.Tensor):
+            raise TypeError(f"ids must be a torch.Tensor [B, {F_s}], got {type(ids).__name__}")
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"ids must be int64 or int32, got {ids.dtype}")
+        if ids.dim() != 2 or ids.shape[1] != F_s:
+            raise ValueError(f"ids must be [B, {F_s}] (the {F_s} single-valued fields; the {F_b} bag fields come "
+                             f"as bag_values and bag_offsets), got shape {list(ids.shape)}")
+        B = ids.shape[0]
+        if B < 1:
+            raise ValueError("ids must hold at least one row (B >= 1), got B = 0")
+        batch = self.metadata.get("batch")
+        if batch is not None and B != batch:
+            raise ValueError(f"this package was exported for batch {batch} (dynamic_batch=False), got B = {B}")
+        for name, t in (("bag_values", bag_values), ("bag_offsets", bag_offsets)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"{name} must be int64 or int32, got {t.dtype}")
+            if t.dim() != 1:
+                raise ValueError(f"{name} must be 1-D, got shape {list(t.shape)}")
+        if bag_offsets.numel() != F_b * B + 1:
+            raise ValueError(f"bag_offsets must have F_bag * B + 1 = {F_b} * {B} + 1 = {F_b * B + 1} entries (one "
+                             f"start per bag, field-major, then the end), got {bag_offsets.numel()}")
+        self._check_dense(dense, B)
+        return B
+
+    def check(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
+              dense: Optional[torch.Tensor] = None) -> None:
+        """Every check, the contents included: ids in range per field, bag_offsets from 0, not decreasing,
+        ending at len(bag_values), bag ids in their field's range. Raises TypeError / ValueError / IndexError."""
+        B = self._check_layout(ids, bag_values, bag_offsets, dense)
+        F_s = self.num_single
+        if F_s:
+            bad = (ids < 0) | (ids >= self._limits)
+            if bool(bad.any()):
+                r, f = (int(i) for i in bad.nonzero()[0])
+                raise IndexError(f"id {int(ids[r, f])} at row {r} is out of range for {self._field(f)}, which has "
+                                 f"{self.field_dims[f]} values (ids must be in [0, {self.field_dims[f]}))")
+        n = bag_values.numel()
+        bounds = bag_offsets[::B].tolist()  # [F_bag + 1]: where each bag field's values start, then N
+        if bounds[0] != 0:
+            raise ValueError(f"bag_offsets must start at 0, got {bounds[0]}")
+        if bool((bag_offsets[1:] < bag_offsets[:-1]).any()):
+            j = int((bag_offsets[1:] < bag_offsets[:-1]).nonzero()[0])
+            raise ValueError(f"bag_offsets must not decrease: bag_offsets[{j + 1}] = {int(bag_offsets[j + 1])} < "
+                             f"bag_offsets[{j}] = {int(bag_offsets[j])} (the bag of {self._bag(j, B)} would end "
+                             f"before it starts)")
+        if bounds[-1] != n:
+            raise ValueError(f"bag_offsets must end at len(bag_values) = {n}, got {bounds[-1]}")
+        for k in range(self.num_bag_fields):  # one pass over the values: min and max per bag field
+            start, stop, f = bounds[k], bounds[k + 1], F_s + k
+            if stop == start:
+                continue
+            lo, hi = (int(v) for v in torch.aminmax(bag_values[start:stop]))
+            if lo < 0 or hi >= self.field_dims[f]:
+                segment = bag_values[start:stop]
+                i = start + int(((segment < 0) | (segment >= self.field_dims[f])).nonzero()[0])
+                j = int(torch.searchsorted(bag_offsets, bag_offsets.new_tensor([i]), right=True)[0]) - 1
+                raise IndexError(f"bag id {int(bag_values[i])} at bag_values[{i}] ({self._bag(j, B)}) is out of range "
+                                 f"for {self._field(f)}, which has {self.field_dims[f]} values (ids must be in "
+                                 f"[0, {self.field_dims[f]}))")
+
+    def _bag(self, j: int, B: int) -> str:
+        return f"row {j % B} of {self._field(self.num_single + j // B)}"
+
+    def __call__(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
+                 dense: Optional[torch.Tensor] = None) -> torch.Tensor:
+        ids, bag_values, bag_offsets, dense = (t.to(self.device) if isinstance(t, torch.Tensor) else t
+                                               for t in (ids, bag_values, bag_offsets, dense))
+        self.check(ids, bag_values, bag_offsets, dense)
+        args = [ids.to(torch.int64).contiguous(), bag_values.to(torch.int64).contiguous(),
+                bag_offsets.to(torch.int64).contiguous()]
+        if self.num_dense:
+            args.append(dense.to(torch.float32).contiguous())
+        with torch.no_grad():
+            return self._runner(*args)
+
+
 def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device]] = None) -> ExportedModel:
     """Load a package written by :func:`save`: returns ``fn(ids, dense=None) -> probs [B, T]`` with a
-    ``metadata`` dict. ``device``: where to run it (default: the device it was exported for; a CUDA
-    package may be given another GPU, "cuda:1"). Needs pimm_fast installed, for the kernels."""
+    ``metadata`` dict (an :class:`ExportedModel`); for a model with bag fields, ``fn(ids, bag_values,
+    bag_offsets, dense=None)`` (an :class:`ExportedBagModel`). ``device``: where to run it (default: the
+    device it was exported for; a CUDA package may be given another GPU, "cuda:1"). Needs pimm_fast
+    installed, for the kernels."""
     from . import _extension, ops  # noqa: F401  (ops: the kernels the package calls must be registered)
 
     path = Path(path)
@@ -390,7 +591,8 @@ def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device
         raise PackageError(f"{path}: cannot load the package: {exc}") from None
     if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", index)
-    return ExportedModel(runner, meta, target, path)
+    kind = ExportedBagModel if meta.get("num_bag_fields") else ExportedModel
+    return kind(runner, meta, target, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,16 +600,46 @@ def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device
 # ----------------------------------------------------------------------------------------------
 def _selfcheck_models(device: str) -> dict[str, nn.Module]:
     from .models import build_model
+    from .modules import FieldEmbedding
 
     torch.manual_seed(0)
     field_dims, kw = [7, 11, 5, 13], {"num_tasks": 3, "embed_dim": 4, "task_names": ("view", "click", "buy")}
     models = {f"pimm-{bb}": build_model("pimm", field_dims, backbone=bb, **kw) for bb in ("towers", "mmoe", "ple")}
     for name in ("shared_bottom", "esmm", "mmoe", "ple", "aitm", "mncm"):
         models[name] = build_model(name, field_dims, **kw)
+    # Bag fields (the last two of five): PIMM mean-pools both (found by save), AITM sum-pools the first
+    # and mean-pools the second (num_bag_fields given, SELFCHECK_BAG_FIELDS).
+    bag_dims = field_dims[:3] + [13, 9]
+    for name, pooling in (("pimm", ["sum"] * 3 + ["mean"] * 2), ("aitm", ["sum"] * 4 + ["mean"])):
+        embedding = FieldEmbedding(bag_dims, kw["embed_dim"], pooling=pooling)
+        models[f"{name}-bags"] = build_model(name, bag_dims, embedding=embedding, **kw)
     return {name: m.to(device).eval() for name, m in models.items()}
 
 
 SELFCHECK_BATCHES = (1, 7, 4096)
+SELFCHECK_BAG_FIELDS = {"pimm-bags": None, "aitm-bags": 2}  # num_bag_fields passed to save
+
+
+def selfcheck_inputs(model: nn.Module, batch: int, num_bag_fields: int, generator: torch.Generator):
+    """(package inputs, the eager model's input) of a random batch: ids [B, F]; or, with bag fields, ids
+    [B, F_single], bag_values, bag_offsets with 0-5 ids per bag (row 0 of the first bag field empty, of
+    the second one 3 ids, so that every batch size has an empty and a full bag), and the same batch as
+    ``JaggedIds`` over all fields (what training and evaluation feed the model)."""
+    from .modules import JaggedIds
+
+    dims = list(model.embedding.field_dims)
+    single = len(dims) - num_bag_fields
+    ids = torch.stack([torch.randint(0, d, (batch,), generator=generator) for d in dims[:single]], 1)
+    if not num_bag_fields:
+        return (ids,), ids
+    bags = []
+    for k, d in enumerate(dims[single:]):
+        lengths = torch.randint(0, 6, (batch,), generator=generator)
+        lengths[0] = 0 if k == 0 else 3
+        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        bags.append((torch.randint(0, d, (int(offsets[-1]),), generator=generator), offsets))
+    packed = JaggedIds.from_fields(bags)
+    return (ids, packed.values, packed.bag_offsets), JaggedIds.from_fields([ids[:, f] for f in range(single)] + bags)
 
 
 def _export_for_selfcheck(device: str, out_dir: Path, names: Sequence[str], fast: bool) -> None:
@@ -418,21 +650,23 @@ def _export_for_selfcheck(device: str, out_dir: Path, names: Sequence[str], fast
     models = _selfcheck_models(device)
     for name in names:
         model, started = models[name], time.perf_counter()
-        package = save(model, out_dir / f"{name}.pt2", inductor_configs=configs)
+        package = save(model, out_dir / f"{name}.pt2", inductor_configs=configs,
+                       num_bag_fields=SELFCHECK_BAG_FIELDS.get(name, 0))
+        num_bags = read_metadata(package)["num_bag_fields"]
         g = torch.Generator().manual_seed(1)
         for batch in SELFCHECK_BATCHES:
-            ids = torch.stack([torch.randint(0, d, (batch,), generator=g) for d in model.embedding.field_dims], 1)
+            inputs, x = selfcheck_inputs(model, batch, num_bags, g)
             with torch.no_grad():
-                expected = model(ids.to(device)).cpu()
-            torch.save({"ids": ids, "expected": expected}, out_dir / f"{name}-{batch}.pt")
+                expected = model(x.to(device)).cpu()
+            torch.save({"ids": inputs[0], "inputs": inputs, "expected": expected}, out_dir / f"{name}-{batch}.pt")
         print(f"exported {name} in {time.perf_counter() - started:.1f} s -> {package}", flush=True)
 
 
 def selfcheck(device: str, out_dir: Path, fast: bool = False, jobs: int = 1,
               names: Optional[Sequence[str]] = None) -> int:
-    """Export every model class (PIMM on each backbone, the six baselines) on ``device``, then load each
-    package in a fresh process and compare it with the eager model at batch 1, 7 and 4096 (max abs
-    difference <= 1e-6). ``jobs`` > 1 compiles in that many processes. Returns 0 when all match."""
+    """Export every model class (PIMM on each backbone, the six baselines, PIMM and AITM with bag fields)
+    on ``device``, then load each package in a fresh process and compare it with the eager model at
+    batch 1, 7 and 4096 (max abs difference <= 1e-6). ``jobs`` > 1 compiles in that many processes. Returns 0 when all match."""
     import subprocess
     import sys
 
@@ -456,7 +690,7 @@ def selfcheck(device: str, out_dir: Path, fast: bool = False, jobs: int = 1,
         "    fn = px.load(f'{out}/{name}.pt2', device=device)\n"
         "    for batch in batches:\n"
         "        case = torch.load(f'{out}/{name}-{batch}.pt')\n"
-        "        err = (fn(case['ids']).cpu() - case['expected']).abs().max().item()\n"
+        "        err = (fn(*case['inputs']).cpu() - case['expected']).abs().max().item()\n"
         "        worst = max(worst, err)\n"
         "        print(f'{name:>14} batch {batch:>5}: max |package - eager| = {err:.2e}', flush=True)\n"
         "        assert err <= 1e-6, (name, batch, err)\n"
@@ -475,15 +709,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="keep the packages here (default: a temp dir)")
     parser.add_argument("--fast", action="store_true", help="compile the C++ wrapper at -O0 (half the compile time)")
     parser.add_argument("--jobs", type=int, default=1, help="export in this many processes")
+    parser.add_argument("--names", default=None, help="comma-separated subset of the models (default: all)")
     parser.add_argument("--export-only", default=None, help=argparse.SUPPRESS)  # a worker of --jobs
     args = parser.parse_args(argv)
     if args.export_only is not None:
         _export_for_selfcheck(args.device, args.out, args.export_only.split(","), args.fast)
         return 0
+    names = args.names.split(",") if args.names else None
+    unknown = sorted(set(names or ()) - set(_selfcheck_models("cpu")))
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(_selfcheck_models('cpu'))}")
     if args.out is not None:
-        return selfcheck(args.device, args.out, args.fast, args.jobs)
+        return selfcheck(args.device, args.out, args.fast, args.jobs, names)
     with tempfile.TemporaryDirectory() as tmp:
-        return selfcheck(args.device, Path(tmp), args.fast, args.jobs)
+        return selfcheck(args.device, Path(tmp), args.fast, args.jobs, names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,8 +740,9 @@ def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu
     the way ``pimm-fast evaluate`` and ``predict`` rebuild it (pimm_fast.train.commands)."""
     from .train.commands import load_run_model
 
-    model, _, _, _, splits = load_run_model(Path(directory), None, device)
-    return model.to(device).eval(), list(splits.field_names) or None
+    model, _, _, test, splits = load_run_model(Path(directory), None, device)
+    names = list(splits.field_names) + list(test.bag_names)  # single-valued fields, then the bags
+    return model.to(device).eval(), names if names and len(names) == len(test.model_field_dims) else None
 
 
 def cmd_export(args) -> int:
@@ -518,7 +758,9 @@ def cmd_export(args) -> int:
     except ExportError as err:
         _fail(str(err))
     meta = read_metadata(args.out)
-    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields, tasks {' -> '.join(meta['task_names'])}, "
+    bags = f" ({meta['num_bag_fields']} of them bags)" if meta["num_bag_fields"] else ""
+    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields{bags}, tasks "
+          f"{' -> '.join(meta['task_names'])}, "
           f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -1,8 +1,8 @@
 """Serving: export to an AOTInductor package, load it in a fresh process or from C++, reject bad input.
 
 AOTInductor compiles C++ for every package (~25 s on two free cores, more on a busy machine), so the
-packages are made once per module: the self-check exports every model class (in two processes) and
-the other tests reuse its PIMM package.
+packages are made once per module: the self-check exports every model class (in two processes), PIMM
+and AITM with bag fields included, and the other tests reuse its PIMM packages.
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def loaded(pimm_package):
 def test_every_model_class_matches_eager_in_a_fresh_process(selfcheck_dir):
     log = (selfcheck_dir / "selfcheck.log").read_text()
     assert (selfcheck_dir / "selfcheck.rc").read_text() == "0", log[-4000:]
-    names = ["pimm-towers", "pimm-mmoe", "pimm-ple", "shared_bottom", "esmm", "mmoe", "ple", "aitm", "mncm"]
+    names = ["pimm-towers", "pimm-mmoe", "pimm-ple", "shared_bottom", "esmm", "mmoe", "ple", "aitm", "mncm",
+             "pimm-bags", "aitm-bags"]
     for name in names:
         for batch in px.SELFCHECK_BATCHES:
             assert f"{name:>14} batch {batch:>5}: max |package - eager|" in log, (name, batch, log[-3000:])
@@ -78,7 +79,7 @@ def test_every_model_class_on_cuda(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pimm_fast.export", "--selfcheck", "--device", "cuda", "--fast",
                              "--out", str(tmp_path)], capture_output=True, text=True, env=_env())
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert "all 27 cases within 1e-6" in result.stdout
+    assert "all 33 cases within 1e-6" in result.stdout
 
 
 def test_metadata(pimm_package, loaded):
@@ -240,9 +241,20 @@ def test_save_argument_errors(tmp_path):
         px.save(model, tmp_path / "m.pt2", example=torch.zeros(3, 5, dtype=torch.int64))
     with pytest.raises(px.ExportError, match="not a pimm_fast cascade model|expected a pimm_fast cascade model"):
         px.save(torch.nn.Linear(2, 2), tmp_path / "m.pt2")
-    bags = pimm_fast.FieldEmbedding([5, 6, 7], 4, pooling=["sum", "sum", "mean"])
-    with pytest.raises(px.ExportError, match="multi-valued"):
-        px.save(pimm_fast.PIMM([5, 6, 7], num_tasks=2, embedding=bags), tmp_path / "m.pt2")
+    middle = pimm_fast.FieldEmbedding([5, 6, 7], 4, pooling=["sum", "mean", "sum"])
+    with pytest.raises(px.ExportError, match=r"mean-pooled \(bag\) fields \[1\] are not the last fields"):
+        px.save(pimm_fast.PIMM([5, 6, 7], num_tasks=2, embedding=middle), tmp_path / "m.pt2")
+    bags = pimm_fast.PIMM([5, 6, 7], num_tasks=2, embedding=pimm_fast.FieldEmbedding([5, 6, 7], 4,
+                                                                                   pooling=["sum", "sum", "mean"]))
+    for bad in (4, -1, True, "1"):
+        with pytest.raises(px.ExportError, match=r"num_bag_fields must be an int in \[0, 3\]"):
+            px.save(bags, tmp_path / "m.pt2", num_bag_fields=bad)
+    with pytest.raises(px.ExportError, match=r"example must be a tuple \(ids, bag_values, bag_offsets\)"):
+        px.save(bags, tmp_path / "m.pt2", example=torch.zeros(2, 2, dtype=torch.int64))
+    with pytest.raises(px.ExportError, match=r"example ids must be \[B, 2\] \(the 2 single-valued fields\)"):
+        example = (torch.zeros(2, 3, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), torch.tensor([0, 1, 2]))
+        px.save(bags, tmp_path / "m.pt2", example=example)
+    assert not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +380,206 @@ def test_cpp_example_rejects_bad_ids(score_csv, pimm_package, tmp_path):
     foreign.write_text("1,2,3,4\n")
     result = _run_cpp(score_csv, tmp_path / "missing.pt2", foreign)
     assert result.returncode == 1 and "score_csv: error:" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# models with bag fields: ids [B, F_single], bag_values, bag_offsets
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bag_package(selfcheck_dir) -> Path:
+    path = selfcheck_dir / "pimm-bags.pt2"
+    if not path.exists():
+        pytest.fail("the self-check did not export PIMM with bags:\n"
+                    + (selfcheck_dir / "selfcheck.log").read_text()[-3000:])
+    return path
+
+
+@pytest.fixture(scope="module")
+def bag_loaded(bag_package):
+    return px.load(bag_package)
+
+
+def _bag_fields(*fields):
+    """Bag fields given as lists of per-row id lists -> one (ids, offsets [B + 1]) per field."""
+    return [(torch.tensor([i for bag in rows for i in bag], dtype=torch.int64),
+             torch.tensor([0] + [len(bag) for bag in rows]).cumsum(0)) for rows in fields]
+
+
+def _bags(*fields):
+    """(bag_values, bag_offsets) of bag fields given as lists of per-row id lists: the package's layout."""
+    from pimm_fast.modules import JaggedIds
+
+    packed = JaggedIds.from_fields(_bag_fields(*fields))
+    return packed.values, packed.bag_offsets
+
+
+def test_bag_package_metadata_and_eager_parity_in_process(selfcheck_dir, bag_loaded):
+    """The contract recorded in the metadata; parity with eager for mixed, all-empty bags and int32 inputs
+    (the fresh-process parity at batch 1, 7, 4096 is the self-check's)."""
+    from pimm_fast.modules import JaggedIds
+
+    meta = bag_loaded.metadata
+    assert isinstance(bag_loaded, px.ExportedBagModel) and meta["format"] == px.BAG_FORMAT_VERSION
+    assert meta["field_dims"] == [7, 11, 5, 13, 9] and meta["num_bag_fields"] == 2
+    assert meta["inputs"] == ["ids", "bag_values", "bag_offsets"] and meta["bag_pooling"] == ["mean", "mean"]
+    assert meta["ops"] == ["embedding_bags_concat.cpp", "pim_attention.cpp"]
+    aitm = px.read_metadata(selfcheck_dir / "aitm-bags.pt2")
+    assert aitm["num_bag_fields"] == 2 and aitm["bag_pooling"] == ["sum", "mean"]
+    assert px.read_metadata(selfcheck_dir / "pimm-towers.pt2")["num_bag_fields"] == 0
+    model = px._selfcheck_models("cpu")["pimm-bags"]  # the same weights (seeded) as the exported model
+    ids = torch.tensor([[1, 2, 3], [6, 10, 4], [0, 0, 0]])
+    for fields in (([[1, 12], [], [3]], [[8], [0, 1, 2, 3, 4, 5, 6], []]),  # varying lengths, empty bags
+                   ([[], [], []], [[], [], []])):  # no value at all
+        x = JaggedIds.from_fields([ids[:, f] for f in range(3)] + _bag_fields(*fields))
+        with torch.no_grad():
+            expected = model(x)
+        values, offsets = _bags(*fields)
+        got = bag_loaded(ids, values, offsets)
+        assert (got - expected).abs().max().item() <= 1e-6
+        assert torch.equal(bag_loaded(ids.int(), values.int(), offsets.int()), got)
+
+
+@needs_cpp
+def test_bags_with_dense_features_and_a_static_batch(tmp_path):
+    """Bags, dense features and dynamic_batch=False together; a field with sum pooling before the bags, and
+    a value count that differs from the example's (always dynamic)."""
+    from pimm_fast.modules import JaggedIds
+
+    torch.manual_seed(0)
+    embedding = pimm_fast.FieldEmbedding([5, 6, 7], 4, pooling=["sum", "mean", "mean"])
+    model = pimm_fast.ESMM([5, 6, 7], num_tasks=2, tower_dims=(8,), embedding=embedding, num_dense=2)
+    model.dense_input.fit(torch.randn(50, 2))
+    model.eval()
+    example = (torch.zeros(3, 1, dtype=torch.int64), torch.zeros(2, dtype=torch.int64),
+               torch.tensor([0, 1, 1, 1, 2, 2, 2]), torch.zeros(3, 2))
+    path = px.save(model, tmp_path / "bags-dense.pt2", example=example, dynamic_batch=False,
+                   inductor_configs={"aot_inductor.compile_wrapper_opt_level": "O0"})
+    fn = px.load(path)
+    assert fn.metadata["inputs"] == ["ids", "bag_values", "bag_offsets", "dense"] and fn.metadata["batch"] == 3
+    ids, fields = torch.tensor([[1], [4], [0]]), _bag_fields([[], [1, 2, 5], []], [[6], [], [6, 0, 1]])
+    values, offsets = _bags([[], [1, 2, 5], []], [[6], [], [6, 0, 1]])
+    dense = torch.tensor([[0.5, float("nan")], [1.0, 2.0], [-1.0, 0.0]])
+    expected = model(JaggedIds.from_fields([ids[:, 0]] + fields), dense=dense)
+    assert (fn(ids, values, offsets, dense) - expected).abs().max().item() <= 1e-6
+    with pytest.raises(ValueError, match=r"exported for batch 3 \(dynamic_batch=False\), got B = 2"):
+        fn(ids[:2], values[:3], torch.tensor([0, 0, 3, 4, 4]), dense[:2])
+    with pytest.raises(ValueError, match=r"dense must be \[B, K\] = \[3, 2\]"):
+        fn(ids, values, offsets, dense[:, :1])
+    with pytest.raises(ValueError, match="takes 2 dense features"):
+        fn(ids, values, offsets)
+
+
+def _bad_bag_cases():
+    ids = torch.tensor([[1, 2, 3], [0, 0, 0]])
+    values, offsets = _bags([[1], []], [[2, 3], [4]])  # offsets [0, 1, 1, 3, 4]
+    return [
+        ((ids, values, offsets[:-1]), ValueError, r"bag_offsets must have F_bag \* B \+ 1 = 2 \* 2 \+ 1 = 5 entries"),
+        ((ids, values, offsets + 1), ValueError, "bag_offsets must start at 0, got 1"),
+        ((ids, values, torch.tensor([0, 2, 1, 3, 4])), ValueError,
+         r"must not decrease: bag_offsets\[2\] = 1 < bag_offsets\[1\] = 2 \(the bag of row 1 of field 3"),
+        ((ids, values, torch.tensor([0, 1, 1, 3, 3])), ValueError, r"must end at len\(bag_values\) = 4, got 3"),
+        ((ids, torch.tensor([13, 2, 3, 4]), offsets), IndexError,
+         r"bag id 13 at bag_values\[0\] \(row 0 of field 3\) is out of range for field 3, which has 13 values"),
+        ((ids, torch.tensor([1, 2, 3, 9]), offsets), IndexError,
+         r"bag id 9 at bag_values\[3\] \(row 1 of field 4\) is out of range for field 4, which has 9 values"),
+        ((ids, torch.tensor([1, -2, 3, 4]), offsets), IndexError, r"bag id -2 at bag_values\[1\] \(row 0 of field 4\)"),
+        ((torch.tensor([[1, 2, 5], [0, 0, 0]]), values, offsets), IndexError,
+         r"id 5 at row 0 is out of range for field 2, which has 5 values"),
+        ((ids, values.float(), offsets), TypeError, "bag_values must be int64 or int32, got torch.float32"),
+        ((ids, values, offsets.double()), TypeError, "bag_offsets must be int64 or int32, got torch.float64"),
+        ((ids.float(), values, offsets), TypeError, "ids must be int64 or int32"),
+        ((ids, values.view(2, 2), offsets), ValueError, r"bag_values must be 1-D, got shape \[2, 2\]"),
+        ((ids, [1, 2, 3, 4], offsets), TypeError, "bag_values must be a torch.Tensor"),
+        ((torch.zeros(2, 5, dtype=torch.int64), values, offsets), ValueError,
+         r"ids must be \[B, 3\] \(the 3 single-valued fields; the 2 bag fields come as bag_values and bag_offsets\)"),
+        ((ids[:0], values[:0], torch.zeros(1, dtype=torch.int64)), ValueError,
+         r"at least one row \(B >= 1\), got B = 0"),
+        ((ids, values, offsets, torch.zeros(2, 1)), ValueError, "takes no dense features"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_bag_cases())))
+def test_bad_bag_inputs_are_rejected(bag_loaded, case):
+    args, error, match = _bad_bag_cases()[case]
+    with pytest.raises(error, match=match):
+        bag_loaded(*args)
+
+
+def test_kernel_rejects_bad_bags_behind_the_python_check(bag_loaded):
+    """What a C++ caller that skips the checks gets from the package's embedding kernel: an error."""
+    ids = torch.tensor([[1, 2, 3], [0, 0, 0]])
+    with pytest.raises(RuntimeError, match="(?i)out of range|index"):
+        bag_loaded._runner(ids, torch.tensor([1, 2, 3, 100]), torch.tensor([0, 1, 1, 3, 4]))
+    with pytest.raises(RuntimeError, match="bag_offsets must run from 0 to the number of values"):
+        bag_loaded._runner(ids, torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2, 1, 3, 4]))
+
+
+@needs_cpp
+def test_cpp_example_scores_bags(score_csv, selfcheck_dir, tmp_path):
+    """Bag cells hold '|'-separated ids (empty = empty bag); the C++ program matches eager."""
+    case = torch.load(selfcheck_dir / "pimm-bags-7.pt")
+    ids, values, offsets = case["inputs"]
+    batch, bags = ids.shape[0], (offsets.numel() - 1) // ids.shape[0]
+    def cell(k, b):  # the ids of bag field k, row b, separated by '|'
+        return "|".join(str(int(v)) for v in values[offsets[k * batch + b]:offsets[k * batch + b + 1]])
+
+    rows = [",".join([str(int(v)) for v in ids[b]] + [cell(k, b) for k in range(bags)]) for b in range(batch)]
+    assert any(",," in r or r.endswith(",") for r in rows)  # an empty bag is in the file
+    csv = tmp_path / "bags.csv"
+    csv.write_text("f0,f1,f2,tags,history\n" + "\n".join(rows) + "\n")
+    result = _run_cpp(score_csv, selfcheck_dir / "pimm-bags.pt2", csv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "p_view,p_click,p_buy"
+    probs = torch.tensor([[float(v) for v in line.split(",")] for line in lines[1:]])
+    assert (probs - case["expected"]).abs().max().item() <= 1e-6
+    for row, match in [("0,0,0,1|13,2", "id 13 is out of range for field 3 (bag), which has 13 values"),
+                       ("0,0,0,1,-1", "id -1 is out of range for field 4 (bag)"),
+                       ("0,0,0,1|x,2", "field 3 (bag): not integer ids separated by '|': '1|x'"),
+                       ("0,0,0,1", "expected 3 id columns, 2 bag columns, got 4 columns")]:
+        csv.write_text("f0,f1,f2,tags,history\n" + row + "\n")
+        result = _run_cpp(score_csv, selfcheck_dir / "pimm-bags.pt2", csv)
+        assert result.returncode == 1 and match in result.stderr, result.stderr[-2000:]
+        assert result.stdout == ""
+
+
+@needs_cpp
+def test_cli_export_and_predict_with_bags(tmp_path, capsys):
+    """Ali-CCP's 23-field layout (17 single-valued fields + 6 mean-pooled bags, some empty): train,
+    `pimm-fast export`, then `predict --model` gives the checkpoint's predictions."""
+    import pyarrow.parquet as pq
+
+    from pimm_fast import cli
+    from pimm_fast.data.aliccp import write_synthetic_raw
+
+    write_synthetic_raw(tmp_path, "train", num_rows=1500, seed=1)
+    write_synthetic_raw(tmp_path, "test", num_rows=600, seed=2)
+    data, run = f"aliccp-raw:{tmp_path}?variant=full&cache=none&min_count=1", tmp_path / "run"
+    assert cli.main(["train", "--data", data, "--model", "pimm", "--embed-dim", "4", "--tower-dims", "16,8",
+                     "--seed", "3", "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    package = tmp_path / "model.pt2"
+    result = subprocess.run([sys.executable, "-m", "pimm_fast", "export", "--checkpoint", str(run),
+                             "--out", str(package)], capture_output=True, text=True, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exported PIMM (23 fields (6 of them bags)" in result.stdout
+    meta = px.read_metadata(package)
+    assert meta["num_bag_fields"] == 6 and meta["bag_pooling"] == ["mean"] * 6 and len(meta["field_names"]) == 23
+    assert meta["field_names"][17:] == ["210", "853", "109_14", "110_14", "127_14", "150_14"]
+    by_package, by_checkpoint = tmp_path / "package.parquet", tmp_path / "checkpoint.parquet"
+    assert cli.main(["predict", "--model", str(package), "--data", data, "--out", str(by_package)]) == 0
+    assert cli.main(["predict", "--checkpoint", str(run), "--out", str(by_checkpoint)]) == 0
+    a, b = pq.read_table(by_package).to_pydict(), pq.read_table(by_checkpoint).to_pydict()
+    assert list(a) == list(b) and len(a["p_click"]) == 600
+    for column in a:
+        if column.startswith("p_"):
+            assert (torch.tensor(a[column]) - torch.tensor(b[column])).abs().max().item() <= 1e-6, column
+        else:
+            assert a[column] == b[column], column
+    # data without the bags does not fit the package
+    capsys.readouterr()
+    assert cli.main(["predict", "--model", str(package), "--data", data.replace("variant=full", "variant=aitm"),
+                     "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "does not fit" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -311,7 +311,11 @@ def write_predictions(path: Path, ids: torch.Tensor, id_names: Sequence[str], pr
 
 
 def _predict_exported(args: argparse.Namespace):
-    """Probabilities of a ``.pt2`` package (``pimm_fast.export.load``) on the test split of ``--data``."""
+    """Probabilities of a ``.pt2`` package (``pimm_fast.export.load``) on the test split of ``--data``
+    (with bag fields: ids, bag_values, bag_offsets, as ``pimm_fast.export.ExportedBagModel`` takes them)."""
+    from ..data import Batcher
+    from ..modules import JaggedIds
+
     try:
         from .. import export
     except ImportError as err:
@@ -325,21 +329,24 @@ def _predict_exported(args: argparse.Namespace):
     meta = getattr(fn, "metadata", {})
     splits = load_splits(args.data, 300_000, 0)
     test = splits.test
-    if list(meta.get("field_dims", test.field_dims)) != list(test.field_dims):
-        fail(f"the data {args.data} does not fit {args.model}: fields {list(test.field_dims)}, the package has "
-             f"{meta.get('field_dims')}")
+    if list(meta.get("field_dims", test.model_field_dims)) != list(test.model_field_dims) or \
+            int(meta.get("num_bag_fields", 0)) != len(test.bag_names):
+        bags = f" ({len(test.bag_names)} of them bags)" if test.bags else ""
+        fail(f"the data {args.data} does not fit {args.model}: fields {list(test.model_field_dims)}{bags}, the "
+             f"package has {meta.get('field_dims')} ({meta.get('num_bag_fields', 0)} of them bags)")
     if "num_dense" in meta and int(meta["num_dense"]) != test.num_dense:  # (names: a Python-built model may lack them)
         fail(f"the data {args.data} has {test.num_dense} dense column(s) {list(test.dense_names)}, {args.model} takes "
              f"{meta['num_dense']} {list(meta.get('dense_names', []))}" +
              ("" if int(meta["num_dense"]) else " (add ?dense=none to a rechub-csv spec)"))
-    dense = getattr(test, "dense", None)
     out = []
-    batch = 16384
     with torch.no_grad():
-        for start in range(0, len(test), batch):
-            ids = test.x[start:start + batch].long()
-            d = None if dense is None else dense[start:start + batch]
-            out.append(fn(ids, d).float().cpu() if d is not None else fn(ids).float().cpu())
+        for batch in Batcher(test, 16384, shuffle=False, bags=bool(test.bags)):
+            dense = batch[-1] if test.dense is not None else None
+            inputs = [batch[0].long()]
+            if test.bags:  # the bag fields, field-major, as the package takes them (ExportedBagModel)
+                packed = JaggedIds.from_fields([batch[2][name] for name in test.bag_names])
+                inputs += [packed.values, packed.bag_offsets]
+            out.append(fn(*inputs, *([dense] if dense is not None else [])).float().cpu())
     probs = torch.cat(out) if out else torch.empty(0, test.num_tasks)
     return probs, test, splits, list(meta.get("task_names", test.task_names))
 
