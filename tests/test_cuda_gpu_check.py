@@ -84,3 +84,20 @@ def test_summary_of_an_empty_run_says_what_is_missing(tmp_path):
     assert gpu_summary.main([str(tmp_path)]) == 0
     md = (tmp_path / "summary.md").read_text()
     assert "no JUnit report" in md and "no benchmark results" in md
+
+
+def test_probe_dry_run_on_the_cpu(tmp_path):
+    """The probe's training and benchmark sections on the CPU (cpp standing in for the GPU kernels): a
+    mistake in the script shows here, not in the one GPU run. About 30 s."""
+    out = tmp_path / "probe.json"
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_probe", "--cpu", "--small", "--sections",
+                             "training,benchmarks", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = json.loads(out.read_text())
+    assert set(probe["training"]) == {"reference", "cpp", "cpp+compile"}
+    assert all(run.get("finite") for run in probe["training"].values()), probe["training"]
+    bench = probe["benchmarks"]
+    assert bench["pimm_step"]["errors"] == {} and set(bench["pimm_step"]["speedup_vs_compiled_reference"]) == {"cpp"}
+    assert {"4096", "4096_hot"} <= set(bench["embedding_step"]) and set(bench["pim"]["speedup"]) == {"cpp"}
+    assert gpu_summary.main([str(tmp_path)]) == 0
