@@ -321,10 +321,10 @@ def read_sharded_weights(path: Path, embed_dim: int, num_fields: int) -> dict:
     (stored D_pad wide) become FieldEmbedding's ``embedding.weight`` [sum of rows, D], the dense parameters
     and buffers keep their names. torch.distributed.checkpoint reassembles each table from whatever ranks
     saved its shards; this reads whole tables, so they must fit in this process's memory."""
-    import warnings
-
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from .parallel import load_in_one_process
 
     try:
         saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
@@ -335,9 +335,7 @@ def read_sharded_weights(path: Path, embed_dim: int, num_fields: int) -> dict:
     missing = [TABLE_KEY.format(f) for f in range(num_fields) if TABLE_KEY.format(f) not in state]
     if missing:
         raise fail(f"{path} does not hold the tables of the run's {num_fields} fields (missing {missing[0]})")
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message=".*load in a single process")
-        dcp.load({"model": state}, checkpoint_id=str(path), no_dist=True)
+    load_in_one_process({"model": state}, path)
     tables = [state.pop(TABLE_KEY.format(f))[:, :embed_dim] for f in range(num_fields)]
     state["embedding.weight"] = torch.cat(tables)
     return state

@@ -378,10 +378,20 @@ def restore(sm: ShardedModel, saved: dict) -> None:
             dst.copy_(src)
 
 
+def load_in_one_process(state: dict, path: Path) -> None:
+    """``dcp.load`` of ``state`` from ``path`` without a process group (its warning that it assumes one
+    process is silenced: it does)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*load in a single process")
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+
+
 def load_into_local(model: nn.Module, path: Path) -> None:
     """Load the model part of a sharded checkpoint into a one-process model (its embedding a
     ``TorchRecEmbedding(sharded=False)`` with the same fields): no process group needed."""
     path = resolve_checkpoint(path)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    load_in_one_process(state, path)
     model.load_state_dict(state["model"])
