@@ -184,6 +184,19 @@ def _bad_input_body(rank: int, world: int, out: Path) -> None:
         messages["fit"] = "no error"
     except Exception as err:  # noqa: BLE001
         messages["fit"] = f"{type(err).__name__}: {err}"
+    # a model that diverges on rank 1 only (a dense weight poisoned after DDP's broadcast): both ranks stop
+    # at the next agreement, none waits in the backward's collectives
+    train, _ = make_data()
+    sm = shard_model(torchrec_model(train, sharded=True), torch.device("cpu"), sharding="table_wise",
+                     batch_size=GLOBAL_BATCH // world)
+    if rank == 1:
+        with torch.no_grad():
+            next(p for name, p in sm.model.named_parameters() if "embedding" not in name).fill_(float("nan"))
+    try:
+        fit_distributed(sm, train, TrainConfig(epochs=1, batch_size=GLOBAL_BATCH, seed=SEED, progress=False))
+        messages["diverged"] = "no error"
+    except Exception as err:  # noqa: BLE001
+        messages["diverged"] = f"{type(err).__name__}: {err}"
     # a rank that skips a collective: the other one gets the timeout, with the explanation
     group = dist.new_group(timeout=datetime.timedelta(seconds=2))
     if rank == 0:
@@ -301,6 +314,9 @@ def test_bad_id_on_one_rank_stops_every_rank(tmp_path):
     assert len(owner) == 1, fits
     assert "of field 2" in fits[owner[0]]
     assert f"rank(s) [{owner[0]}] found bad input" in fits[1 - owner[0]]
+    # rank 1 raises its own error (PIM refuses the NaN prior), rank 0 stops with it, nobody hangs
+    assert messages[1]["diverged"].startswith("ValueError: pim_attention: pred_prev contains NaN"), messages
+    assert "rank 0: stopped because rank(s) [1] found bad output" in messages[0]["diverged"], messages
     assert "waited longer than 2 s" in messages[0]["timeout"], messages[0]
 
 

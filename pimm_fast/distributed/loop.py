@@ -22,8 +22,8 @@ from ..metrics import cascade_metrics
 from ..models.base import check_finite
 from ..train.trainer import (TrainConfig, check_monitor, dense_kwargs, early_stopping_step, lr_factor, model_input,
                              monitor_value)
-from .parallel import (BEST, ShardedModel, agree, all_sum, gather_predictions, load_checkpoint, restore, save_checkpoint,
-                       snapshot)
+from .parallel import (BEST, DistributedInputError, ShardedModel, agree, all_sum, gather_predictions, load_checkpoint,
+                       restore, save_checkpoint, snapshot)
 
 
 def batch_problem(sm: ShardedModel, x, y: Optional[torch.Tensor]) -> Optional[str]:
@@ -166,6 +166,28 @@ class DistributedTrainer:
         if early_stopping_step(self.early, value, epoch, self.config.patience):
             self._save_best(epoch, value)
 
+    def _forward_loss(self, x, y, dense, epoch: int, step: int) -> tuple[torch.Tensor, float]:
+        """The step's loss and its value. An error in one rank's forward or loss (a diverged model: its
+        output or PIM's prior not finite) is agreed on before the backward, so that every rank stops
+        there; raised alone, it would leave the others waiting in the backward's collectives until
+        --dist-timeout. The failing rank raises its own error, the others DistributedInputError."""
+        sm = self.sm
+        error, loss, value = None, None, 0.0
+        try:
+            loss = sm.model.loss(sm.dmp(x, labels=y, **dense_kwargs(dense)), y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at epoch {epoch}, step {step}")
+        except Exception as err:  # noqa: BLE001  (re-raised below, after every rank knows)
+            error = err
+        try:
+            agree(None if error is None else f"{type(error).__name__}: {error}", sm.device, "output")
+        except DistributedInputError:
+            if error is not None:
+                raise error
+            raise
+        return loss, value
+
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Train epochs [self.epoch, config.epochs) or until early stopping; restore the best epoch; the history."""
@@ -188,14 +210,10 @@ class DistributedTrainer:
                     model.set_epoch(epoch + step / steps)
                 if cfg.lr_schedule != "none":
                     sm.set_lr(lr_factor(cfg, epoch, step, steps))
-                probs = sm.dmp(x, labels=y, **dense_kwargs(dense))
-                loss = model.loss(probs, y)
+                loss, value = self._forward_loss(x, y, dense, epoch, step)
                 sm.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 sm.optimizer.step()
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"rank {sm.rank}: loss became {value} at epoch {epoch}, step {step}")
                 total += value * len(y)
                 seen += len(y)
             total, seen = all_sum([total, seen], sm.device)
