@@ -12,9 +12,6 @@ the C++ program runs after them in its own process. The package's time includes 
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.aliccp import AITM_VOCAB, EMBED_DIM, TOWER_DIMS
-from benchmarks.test_bench_serving import _measure
+from benchmarks.test_bench_serving import _measure, latency_args, print_export_time, score_csv_latency
 
 SINGLE_VOCAB = {name: size for name, size in AITM_VOCAB.items() if name != "853"}
 BAG_VOCAB = {"210": 100_000, "853": 37_148, "109_14": 100_000, "110_14": 200_000, "127_14": 100_000, "150_14": 50_000}
@@ -63,23 +60,14 @@ def make_batch(batch: int, seed: int = 0):
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    import pimm_fast
     import pimm_fast.export as px
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=200, help="timed calls per case (a fifth at B=1024)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("PIMM_FAST_BENCH_THREADS", "2")))
-    parser.add_argument("--score-csv", type=Path, default=None, help="the built examples/score_csv binary")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = latency_args(argv, "timed calls per case (a fifth at B=1024)")
     model = make_model()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         package = px.save(model, Path(tmp) / "pimm_aliccp_bags.pt2")
-        print(f"exported in {time.perf_counter() - started:.0f} s; torch {torch.__version__}, {args.threads} threads, "
-              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: torch default)')}", flush=True)
+        print_export_time(started, args.threads)
         fn = px.load(package)
         print("| batch | ids per row (bags) | provider | p50 ms | p99 ms | rows/s |\n|---:|---:|---|---:|---:|---:|")
         for batch in BATCHES:
@@ -96,14 +84,10 @@ def main(argv=None) -> int:
             if args.score_csv is not None:
                 csv = Path(tmp) / f"bags{batch}.csv"
                 csv.write_text("\n".join(rows) + "\n")
-                result = subprocess.run([str(args.score_csv), str(package), pimm_fast._extension.STATE.path, str(csv),
-                                         "--threads", str(args.threads), "--bench", str(rounds)],
-                                        capture_output=True, text=True)
-                if result.returncode != 0:
-                    print(result.stderr, file=sys.stderr)
+                latency = score_csv_latency(args.score_csv, package, csv, args.threads, rounds)
+                if latency is None:
                     return 1
-                parts = result.stdout.strip().replace(",", "").split()  # "batch B: p50 X ms, p99 Y ms, ..."
-                p50, p99 = float(parts[3]), float(parts[6])
+                p50, p99 = latency
                 print(f"| {batch} | {per_row:.0f} | C++ (score_csv) | {p50:.3f} | {p99:.3f} | "
                       f"{batch / (p50 / 1e3):,.0f} |", flush=True)
     return 0

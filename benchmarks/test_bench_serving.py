@@ -107,23 +107,44 @@ def _measure(runners: dict, ids, rounds: int) -> dict[str, tuple[float, float]]:
     return out
 
 
-def main(argv=None) -> int:
+def latency_args(argv, rounds_help: str):
+    """The options of the latency scripts (this one and benchmarks/serving_bags.py); sets the threads."""
     import argparse
 
-    import pimm_fast
-
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=200, help="timed calls per case (fewer at B=16384)")
+    parser.add_argument("--rounds", type=int, default=200, help=rounds_help)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PIMM_FAST_BENCH_THREADS", "2")))
     parser.add_argument("--score-csv", type=Path, default=None, help="the built examples/score_csv binary")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    return args
+
+
+def print_export_time(started: float, threads: int) -> None:
+    print(f"exported in {time.perf_counter() - started:.0f} s; torch {torch.__version__}, {threads} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: torch default)')}", flush=True)
+
+
+def score_csv_latency(binary: Path, package: Path, csv: Path, threads: int, rounds: int):
+    """(p50, p99) ms of the C++ example scoring ``csv`` ``rounds`` times; None (its stderr printed) if it failed."""
+    import pimm_fast
+
+    result = subprocess.run([str(binary), str(package), pimm_fast._extension.STATE.path, str(csv),
+                             "--threads", str(threads), "--bench", str(rounds)], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        return None
+    parts = result.stdout.strip().replace(",", "").split()  # "batch B: p50 X ms, p99 Y ms, Z rows/s (...)"
+    return float(parts[3]), float(parts[6])
+
+
+def main(argv=None) -> int:
+    args = latency_args(argv, "timed calls per case (fewer at B=16384)")
     model = make_model()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         package = export_package(model, Path(tmp))
-        print(f"exported in {time.perf_counter() - started:.0f} s; torch {torch.__version__}, {args.threads} threads, "
-              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: torch default)')}", flush=True)
+        print_export_time(started, args.threads)
         runners = {p: make_runner(p, model, package) for p in SERVING_PROVIDERS}
         print("| batch | provider | p50 ms | p99 ms | rows/s |\n|---:|---|---:|---:|---:|")
         for batch in BATCHES:
@@ -134,15 +155,10 @@ def main(argv=None) -> int:
             if args.score_csv is not None:
                 csv = Path(tmp) / f"ids{batch}.csv"
                 csv.write_text("".join(",".join(str(int(v)) for v in row) + "\n" for row in ids))
-                result = subprocess.run([str(args.score_csv), str(package), pimm_fast._extension.STATE.path, str(csv),
-                                         "--threads", str(args.threads), "--bench", str(rounds)],
-                                        capture_output=True, text=True)
-                if result.returncode != 0:
-                    print(result.stderr, file=sys.stderr)
+                latency = score_csv_latency(args.score_csv, package, csv, args.threads, rounds)
+                if latency is None:
                     return 1
-                line = result.stdout.strip()  # "batch B: p50 X ms, p99 Y ms, Z rows/s (...)"
-                parts = line.replace(",", "").split()
-                p50, p99 = float(parts[3]), float(parts[6])
+                p50, p99 = latency
                 print(f"| {batch} | C++ (score_csv) | {p50:.3f} | {p99:.3f} | {batch / (p50 / 1e3):,.0f} |", flush=True)
     return 0
 
