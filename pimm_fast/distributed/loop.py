@@ -85,7 +85,8 @@ class DistributedTrainer:
         self.steps = len(self.batcher) if max_steps is None else min(len(self.batcher), max_steps)
         self.epoch = 0
         self.history: list[dict] = []
-        self.early = {"monitor": config.monitor, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False}
+        self.early = {"monitor": config.monitor, "best": None, "best_epoch": None, "bad_epochs": 0, "stopped": False,
+                      "undefined_epochs": 0}
         self._best_in_memory: Optional[dict] = None
         self._best_path: Optional[Path] = None  # where the best epoch's weights are on disk, if they are
 
@@ -163,7 +164,7 @@ class DistributedTrainer:
         metrics = box[0]
         value = monitor_value(metrics, self.config.monitor)
         record["valid"], record["monitor"] = metrics, value
-        if early_stopping_step(self.early, value, epoch, self.config.patience):
+        if early_stopping_step(self.early, value, epoch, self.config.patience, self.config.epochs):
             self._save_best(epoch, value)
 
     def _forward_loss(self, x, y, dense, epoch: int, step: int) -> tuple[torch.Tensor, float]:

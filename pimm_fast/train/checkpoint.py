@@ -74,8 +74,7 @@ def load(path: Path, kind: Optional[str] = None) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is truncated or not a torch checkpoint ({reason[:160]})") from None
+        raise CheckpointError(f"{path} is truncated or not a torch checkpoint ({short_reason(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pimm_fast checkpoint (no format {FORMAT!r} in it)")
     if payload.get("version") != VERSION:
@@ -87,6 +86,25 @@ def load(path: Path, kind: Optional[str] = None) -> dict:
     if kind is not None and payload["kind"] != kind:
         raise CheckpointError(f"{path} is a {payload['kind']!r} checkpoint, not a {kind!r} one")
     return payload
+
+
+def short_reason(err: BaseException, limit: int = 200) -> str:
+    """What went wrong, in one short line: torch's weights-only errors bury the cause ("Unsupported operand
+    103", "unsupported GLOBAL os.stat_result") among lines of advice; other messages keep their first line,
+    or its first sentence when longer than ``limit``, cut at a word boundary (with "...") if still too long."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    if text.startswith("Weights only load failed"):
+        causes = [line.strip() for line in text.splitlines()[1:] if line.strip() and not line.startswith(
+            ("Please file", "Check the documentation", "WeightsUnpickler error"))]
+        text = "a weights-only load failed: " + (causes[0] if causes else "unsupported content")
+    line = " ".join(text.splitlines()[0].split())
+    if len(line) > limit and ". " in line:  # the first sentence says what; the rest is advice
+        line = line[:line.index(". ")]
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def run_checkpoint(directory: Path) -> Path:

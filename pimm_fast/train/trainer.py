@@ -144,17 +144,40 @@ def monitor_value(metrics: dict, monitor: str) -> Optional[float]:
     return metrics["auc"][list(metrics["tasks"]).index(monitor)]
 
 
-def early_stopping_step(early: dict, value: Optional[float], epoch: int, patience: Optional[int]) -> bool:
-    """Record epoch ``epoch``'s monitored ``value`` in ``early`` (best, best_epoch, bad_epochs, stopped);
-    True when it is the best so far. An undefined value (None) counts as no improvement."""
-    improved = value is not None and (early["best"] is None or value > early["best"])
+def early_stopping_step(early: dict, value: Optional[float], epoch: int, patience: Optional[int],
+                        epochs: Optional[int] = None) -> bool:
+    """Record epoch ``epoch``'s monitored ``value`` in ``early`` (best, best_epoch, bad_epochs, stopped,
+    undefined_epochs); True when it is the best so far.
+
+    An undefined value (None: a validation split with one class has no AUC) is neither an improvement nor a
+    bad epoch: it is counted in ``undefined_epochs`` and never stops the run, which would otherwise end after
+    ``patience`` epochs having chosen nothing. ``stopped`` is set only when epochs remain (``epochs``: the
+    run's length), so a run that reaches its last epoch did not stop early."""
+    if value is None:
+        early["undefined_epochs"] = early.get("undefined_epochs", 0) + 1
+        return False
+    improved = early["best"] is None or value > early["best"]
     if improved:
         early.update(best=value, best_epoch=epoch, bad_epochs=0)
     else:
         early["bad_epochs"] += 1
-    if patience is not None and early["bad_epochs"] >= patience:
+    if patience is not None and early["bad_epochs"] >= patience and (epochs is None or epoch + 1 < epochs):
         early["stopped"] = True
     return improved
+
+
+def early_stopping_summary(early: dict, epochs_run: int, monitor: str) -> Optional[str]:
+    """One line on what validation chose, or None without validation: the restored best epoch, whether the
+    run stopped early, and why nothing was restored when the monitor was never defined."""
+    undefined = early.get("undefined_epochs", 0)
+    if early["best_epoch"] is None:
+        if not undefined:
+            return None
+        return (f"validation {monitor} was undefined in all {undefined} epoch(s) (a validation split with a "
+                f"single class has no AUC; try --monitor logloss): no epoch chosen, the last weights are scored")
+    stop = f"stopped early after epoch {epochs_run}; " if early["stopped"] else ""
+    note = f" ({monitor} undefined in {undefined} epoch(s))" if undefined else ""
+    return f"{stop}best validation epoch {early['best_epoch'] + 1} ({monitor} {early['best']:.4f}), restored{note}"
 
 
 def check_monitor(monitor: str, task_names) -> None:
@@ -183,11 +206,13 @@ def _fused_embeddings(model: torch.nn.Module) -> list:
 class Trainer:
     """One training run of ``model`` on ``train``: see :func:`fit`. ``out``: the run directory that
     receives ``checkpoint.pt`` and ``best.pt`` (None: nothing written, the best weights kept in memory).
-    ``run_config``: JSON-able description of the run stored in every checkpoint (the CLI's options)."""
+    ``run_config``: JSON-able description of the run stored in every checkpoint (the CLI's options).
+    ``vocabulary``: the id encoding of the training data (:class:`pimm_fast.data.Vocabulary` or its bytes),
+    stored in every checkpoint and ``best.pt`` so that a trained model encodes new raw data as training did."""
 
     def __init__(self, model: torch.nn.Module, train: CascadeData, config: TrainConfig = TrainConfig(),
                  valid: Optional[CascadeData] = None, optimizer: Optional[torch.optim.Optimizer] = None,
-                 out: Optional[Path] = None, run_config: Optional[dict] = None,
+                 out: Optional[Path] = None, run_config: Optional[dict] = None, vocabulary=None,
                  on_epoch_end: Optional[Callable[[int, dict], None]] = None,
                  desc: str = "train", position: int = 0):
         if len(train) == 0:
@@ -206,6 +231,7 @@ class Trainer:
         self.scaled = [m for m in model.modules() if callable(getattr(m, "scale_lr", None))]  # TorchRec tables
         self.out = Path(out) if out is not None else None
         self.run_config = dict(run_config or {})
+        self.vocabulary = vocabulary if vocabulary is None or isinstance(vocabulary, bytes) else vocabulary.to_bytes()
         self.on_epoch_end = on_epoch_end
         self.desc, self.position = desc, position
         self.batcher = _batcher(train, config.batch_size, self.device, shuffle=True, seed=config.seed)
@@ -213,7 +239,7 @@ class Trainer:
         self.state = {"epoch": 0, "position": 0, "global_step": 0, "loss_sum": 0.0, "seen": 0,
                       "epoch_seconds": 0.0, "finished": False}
         self.early = {"monitor": config.monitor, "best": None, "best_epoch": None, "bad_epochs": 0,
-                      "stopped": False}
+                      "stopped": False, "undefined_epochs": 0}
         self.history: list[dict] = []
         self.p_trace: list[tuple[float, float]] = []  # (fractional epoch, p) of the curriculum, for plots
         self._best_in_memory: Optional[dict] = None
@@ -265,6 +291,7 @@ class Trainer:
             "train_config": asdict(self.config),
             "config": self.run_config,
             "model_info": self._model_info(),
+            "vocabulary": self.vocabulary,
         }
 
     def load_state_dict(self, payload: dict) -> None:
@@ -305,7 +332,7 @@ class Trainer:
         ckpt.save(self.out / ckpt.BEST, {"format": ckpt.FORMAT, "version": ckpt.VERSION, "kind": "best",
                                          "model": state, "epoch": epoch, "monitor": self.config.monitor,
                                          "value": value, "config": self.run_config,
-                                         "model_info": self._model_info()})
+                                         "model_info": self._model_info(), "vocabulary": self.vocabulary})
 
     def _restore_best(self) -> None:
         if self.early["best_epoch"] is None:
@@ -325,11 +352,12 @@ class Trainer:
         if hasattr(self.model, "p"):
             record["p"] = self.model.p
         if self.valid is not None:
-            metrics = evaluate(self.model, self.valid, self.config.eval_batch_size)
+            # an undefined AUC is reported once, by early_stopping_summary, not warned every epoch
+            metrics = evaluate(self.model, self.valid, self.config.eval_batch_size, warn=False)
             record["valid"] = metrics
             value = monitor_value(metrics, self.config.monitor)
             record["monitor"] = value
-            if early_stopping_step(self.early, value, epoch, self.config.patience):
+            if early_stopping_step(self.early, value, epoch, self.config.patience, self.config.epochs):
                 self._save_best(epoch, value)
         self.history.append(record)
         st.update(epoch=epoch + 1, position=0, loss_sum=0.0, seen=0, epoch_seconds=0.0)
