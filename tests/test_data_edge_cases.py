@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pimm_fast
-from pimm_fast.data import DataFormatError, load, tables
+from pimm_fast.data import DataFormatError, load, readers, tables
 from pimm_fast.data import cache as cache_mod
 
 
@@ -37,7 +37,7 @@ def test_long_ids_stay_distinct_and_oversized_cells_are_errors(tmp_path, monkeyp
     path.write_text("user,click,buy\n" + "".join(f"{a if i % 2 else b},{i % 2},0\n" for i in range(40)))
     s = load(f"csv:{path}?labels=click,buy", cache_dir=None, valid_fraction=0.0)
     assert s.field_dims == (3,)
-    monkeypatch.setattr(tables, "MAX_CELL_BYTES", 50)
+    monkeypatch.setattr(readers, "MAX_CELL_BYTES", 50)
     with pytest.raises(DataFormatError, match=r"line 2: a cell of 101 bytes is above the limit of 50 bytes"):
         load(f"csv:{path}?labels=click,buy", cache_dir=None)
 
@@ -50,7 +50,7 @@ def test_quoted_field_after_the_first_mib_is_read(tmp_path):
     assert path.stat().st_size > 1 << 20
     s = load(f"csv:{path}?labels=click,buy", cache_dir=None, valid_fraction=0.0)
     assert len(s.train) + len(s.test) == 120_000 and s.field_dims[0] == 22  # 20 users + 'u,quoted' + unseen
-    table = tables.read_csv(path, ["click", "buy"], None, "bytes", chunk_bytes=1 << 16)  # quote in a late chunk
+    table = readers.read_csv(path, ["click", "buy"], None, "bytes", chunk_bytes=1 << 16)  # quote in a late chunk
     assert len(table.labels) == 120_000 and table.features[0][-5] == b"u,quoted"
 
 
