@@ -12,12 +12,12 @@ import csv as _csv
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ._bytes import ChunkError, DataFormatError, iter_chunks, line_of, parse_uint
-from .vocab import canonical_token, fnv_digest
+from ._bytes import ChunkError, DataFormatError, iter_chunks, line_of, parse_uint, token_text
+from .vocab import fnv_digest
 
 @dataclass
 class Table:
@@ -33,8 +33,11 @@ class Table:
     feature_names: Optional[list] = None  # feature columns as the file names them (indices without a header)
     dense_tokens: list = field(default_factory=list)  # one array per dense column (bytes tokens or floats)
     dense_names: list = field(default_factory=list)
+    row_lines: Optional[np.ndarray] = None  # file line of each row where rows may span lines (quoted cells)
 
     def where(self, row: int) -> str:
+        if self.row_lines is not None:
+            return f"line {int(self.row_lines[row])}"
         return f"line {self.first_line + row}"
 
 
@@ -53,7 +56,7 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _match(patterns: Sequence, header: Optional[list], ncols: int, path: Path, role: str) -> list[int]:
+def match_columns(patterns: Sequence, header: Optional[list], ncols: int, path: Path, role: str) -> list[int]:
     """Column indices of ``patterns``: names, shell-style globs (``categorical_*``) or 0-based indices."""
     out = []
     for c in patterns:
@@ -86,14 +89,14 @@ def select_columns(header: Optional[list], ncols: int, path: Path, labels: Seque
     label nor dense. Globs expand in file order; overlaps between the roles and used duplicates are errors."""
     if extra not in ("ignore", "error"):
         raise ValueError(f"extra must be 'ignore' or 'error', got {extra!r}")
-    label_idx = _match(labels, header, ncols, path, "label")
+    label_idx = match_columns(labels, header, ncols, path, "label")
     if len(label_idx) != len(labels):
         raise DataFormatError(f"{path}: label columns must name one column each, got {list(labels)}")
-    dense_idx = _match(dense or (), header, ncols, path, "dense")
+    dense_idx = match_columns(dense or (), header, ncols, path, "dense")
     if features is None:
         feature_idx = [i for i in range(ncols) if i not in label_idx and i not in dense_idx]
     else:
-        feature_idx = _match(features, header, ncols, path, "feature")
+        feature_idx = match_columns(features, header, ncols, path, "feature")
     for a, b, ia, ib in (("label", "feature", label_idx, feature_idx), ("label", "dense", label_idx, dense_idx),
                          ("feature", "dense", feature_idx, dense_idx)):
         overlap = sorted(set(ia) & set(ib))
@@ -132,7 +135,7 @@ def split_line(line: bytes) -> list[str]:
     return next(_csv.reader([text]))
 
 
-def _parse_labels(tokens: np.ndarray, path: Path, first_line: int, name: str) -> np.ndarray:
+def _parse_labels(tokens: np.ndarray, where: Callable[[int], str], path: Path, name: str) -> np.ndarray:
     """Label tokens (bytes) -> float64, through their few distinct values (errors name the line)."""
     uniq, inverse = np.unique(tokens, return_inverse=True)
     values = np.empty(len(uniq))
@@ -143,7 +146,7 @@ def _parse_labels(tokens: np.ndarray, path: Path, first_line: int, name: str) ->
         except ValueError:
             row = int(np.flatnonzero(inverse == i)[0])
             what = "is empty (a missing label)" if not text else "is not a number"
-            raise DataFormatError(f"{path}, line {first_line + row}: label {name!r} = {text!r} {what}") from None
+            raise DataFormatError(f"{path}, {where(row)}: label {name!r} = {text!r} {what}") from None
     return values[inverse.reshape(-1)]
 
 
@@ -210,9 +213,36 @@ def _tokens_as_bytes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, long
     return out
 
 
-def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: Sequence[str]):
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _bad_text_cells(buf: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Optional[tuple[int, str]]:
+    """(row, problem) of the first cell buf[lo:hi] holding a NUL byte or bytes that are not UTF-8, or None.
+    Cells are never valid ids then: a NUL could pose as a digest, and invalid bytes would be changed by any
+    reader that decodes them. Only cells with a NUL or a byte >= 0x80 are looked at one by one."""
+    odd = (buf == 0) | (buf >= 0x80)
+    if not odd.any():
+        return None
+    count = np.concatenate(([0], np.cumsum(odd)))
+    for r in np.flatnonzero(count[hi] > count[lo]):
+        raw = bytes(buf[lo[r]:hi[r]])
+        if b"\x00" in raw:
+            return int(r), "holds a NUL byte"
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return int(r), f"is not UTF-8 text (byte 0x{raw[err.start]:02x} at position {err.start + 1})"
+    return None
+
+
+def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: Sequence[str],
+                    names: Optional[Sequence[str]] = None):
     """Tokens of the ``wanted`` columns of a chunk of whole lines: kinds 'int' (int64), 'bytes' (S, long
-    cells digested), 'label' / 'float' (S, long cells an error)."""
+    cells digested; a cell with a NUL or invalid UTF-8 is an error), 'label' / 'float' (S, long cells an
+    error). ``names``: the wanted columns' names, for messages."""
     cand = np.flatnonzero((buf == 44) | (buf == 10))
     s = buf[cand]
     nl_idx = np.flatnonzero(s == 10)
@@ -238,60 +268,98 @@ def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: S
                                     f"{MAX_CELL_BYTES:,} bytes")
         if kind == "int":
             out.append(parse_uint(buf, lo, hi, "id"))
-        else:
-            out.append(_tokens_as_bytes(buf, lo, hi, "digest" if kind == "bytes" else "error"))
+            continue
+        if kind == "text":
+            raw = buf.tobytes()
+            out.append(_objects([raw[a:b].decode("utf-8", "surrogateescape") for a, b in zip(lo.tolist(), hi.tolist())]))
+            continue
+        if kind == "bytes":
+            bad = _bad_text_cells(buf, lo, hi)
+            if bad is not None:
+                name = names[len(out)] if names else col
+                raise ChunkError(lo[bad[0]], f"column {name!r}: the id cell {token_text(buf, lo[bad[0]], hi[bad[0]])} "
+                                             f"{bad[1]}")
+        out.append(_tokens_as_bytes(buf, lo, hi, "digest" if kind == "bytes" else "error"))
     return rows, out
 
 
-def _as_fixed(tokens: list[str], long: str, path: Path, first_line: int) -> np.ndarray:
+def _as_fixed(tokens: list[str], long: str, path: Path, where: Callable[[int], str], name="") -> np.ndarray:
+    """Cells (str, invalid bytes as surrogate escapes) as an ``S`` array. ``long='digest'`` (id cells):
+    long cells digested, a NUL or bytes that are not UTF-8 an error; ``'error'``: a long cell is an error."""
     if not tokens:
         return np.zeros(0, "S1")
-    raw = [t.encode() for t in tokens]
     out = []
-    for i, b in enumerate(raw):
+    for i, t in enumerate(tokens):
+        try:
+            b = t.encode("utf-8")
+        except UnicodeEncodeError:  # a surrogate escape: the file's bytes there are not UTF-8
+            b = t.encode("utf-8", "surrogateescape")
+            if long == "digest":
+                raise DataFormatError(f"{path}, {where(i)}: column {name!r}: the id cell "
+                                      f"{b[:40].decode('utf-8', 'replace')!r} is not UTF-8 text") from None
+        if long == "digest" and "\x00" in t:
+            raise DataFormatError(f"{path}, {where(i)}: column {name!r}: the id cell {t[:40]!r} holds a NUL byte")
         if len(b) > MAX_TOKEN_WIDTH:
             if long == "error":
-                raise DataFormatError(f"{path}, line {first_line + i}: a cell of {len(b):,} bytes is not a number")
+                raise DataFormatError(f"{path}, {where(i)}: a cell of {len(b):,} bytes is not a number")
             b = fnv_digest(b)
         out.append(b)
     return np.array(out, dtype=bytes)
 
 
-def _read_with_csv_module(path: Path, skip: int, ncols: int, wanted, kinds):
-    """Quoted CSV through Python's csv module (cells up to MAX_CELL_BYTES; long id cells digested)."""
+def _read_with_csv_module(path: Path, skip: int, ncols: int, wanted, kinds, names=None):
+    """Quoted CSV through Python's csv module (cells up to MAX_CELL_BYTES; long id cells digested).
+
+    Returns (columns, the file line where each row starts). Bytes that are not UTF-8 are kept as surrogate
+    escapes (never replaced), so an id cell holding them is refused and other cells keep their bytes. A
+    quote left open is reported at the line where its row starts."""
     cols = [[] for _ in wanted]
+    starts: list[int] = []
     old_limit = _csv.field_size_limit()
     _csv.field_size_limit(MAX_CELL_BYTES)
-    lineno = 0
+    start = 1
     try:
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            reader = _csv.reader(f)
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = _csv.reader(f, strict=True)
             for row in reader:
-                lineno = reader.line_num
+                lineno, row_start, start = reader.line_num, start, reader.line_num + 1
                 if lineno <= skip:
                     continue
                 if len(row) != ncols:
-                    raise DataFormatError(f"{path}, line {lineno}: expected {ncols} columns, found {len(row)}")
+                    raise DataFormatError(f"{path}, line {row_start}: expected {ncols} columns, found {len(row)}")
+                starts.append(row_start)
                 for j, c in enumerate(wanted):
                     cols[j].append(row[c])
     except _csv.Error as err:
-        raise DataFormatError(f"{path}, line {lineno + 1}: {err} (cells are limited to {MAX_CELL_BYTES:,} bytes)"
-                              ) from None
+        text = str(err)
+        if "unexpected end of data" in text or "field larger than field limit" in text:
+            raise DataFormatError(f"{path}, line {start}: the row starting here does not end: a quote opened "
+                                  f"in it is never closed, or a cell is above the limit of {MAX_CELL_BYTES:,} "
+                                  f"bytes ({text})") from None
+        raise DataFormatError(f"{path}, line {reader.line_num}: {text} (the row starts at line {start})") from None
     finally:
         _csv.field_size_limit(old_limit)
+    lines = np.array(starts, dtype=np.int64)
+
+    def where(i: int) -> str:
+        return f"line {int(lines[i])}"
+
     out = []
     for j, kind in enumerate(kinds):
-        if kind == "int":
+        name = names[j] if names else wanted[j]
+        if kind == "text":
+            out.append(_objects(cols[j]))
+        elif kind == "int":
             arr = np.empty(len(cols[j]), dtype=np.int64)
             for i, tok in enumerate(cols[j]):
-                if not tok.isdigit():
-                    raise DataFormatError(f"{path}, line {skip + i + 1}: id {tok!r} is not a non-negative integer")
+                if not (tok.isascii() and tok.isdigit()) or len(tok) > 18:
+                    raise DataFormatError(f"{path}, {where(i)}: id {tok[:40]!r} is not a non-negative integer")
                 arr[i] = int(tok)
             out.append(arr)
         else:
-            out.append(_as_fixed(cols[j], "digest" if kind == "bytes" else "error", path, skip + 1))
+            out.append(_as_fixed(cols[j], "digest" if kind == "bytes" else "error", path, where, name))
         cols[j] = None
-    return out
+    return out, lines
 
 
 def read_csv(path: Path, labels: Sequence, features: Optional[Sequence] = (), feature_kind: str = "int",
@@ -339,6 +407,27 @@ def read_csv(path: Path, labels: Sequence, features: Optional[Sequence] = (), fe
     wanted = label_idx + feature_idx + dense_idx
     kinds = ["label"] * len(label_idx) + [feature_kind] * len(feature_idx) + ["float"] * len(dense_idx)
     skip = 1 if has_header else 0
+    merged, row_lines = read_columns(path, ncols, skip, bom, wanted, kinds,
+                                     [display[i] if display else i for i in wanted], chunk_bytes)
+    table = Table(path=path, labels=np.zeros((0, len(label_idx))), features=[], first_line=1 + skip,
+                  header=names, ignored=ignored, row_lines=row_lines)
+    label_names = [display[i] if display else str(i) for i in label_idx]
+    nl = len(label_idx)
+    nf = len(feature_idx)
+    if len(merged[0]):
+        table.labels = np.stack([_parse_labels(merged[j], table.where, path, label_names[j]) for j in range(nl)], 1)
+    table.label_names, table.features = label_names, merged[nl:nl + nf]
+    table.feature_names = [display[i] if display else str(i) for i in feature_idx]
+    table.dense_tokens, table.dense_names = merged[nl + nf:], [display[i] if display else str(i) for i in dense_idx]
+    return table
+
+
+def read_columns(path: Path, ncols: int, skip: int, bom: int, wanted: Sequence[int], kinds: Sequence[str],
+                 names: Sequence, chunk_bytes: int = 4 << 20) -> tuple[list, Optional[np.ndarray]]:
+    """The ``wanted`` columns of a CSV file of ``ncols`` columns, past ``skip`` header lines: kinds 'int'
+    (int64 ids), 'bytes' (canonical id tokens, ``S``), 'label' / 'float' (``S`` tokens), 'text' (the cells
+    as str, object array: passed-through columns). Returns (columns, the file line of each row when the
+    file is quoted, else None: rows are then lines)."""
     columns: list[list] = [[] for _ in wanted]
     quoted = False
     max_line = ncols * (MAX_CELL_BYTES + 1) + 2
@@ -352,35 +441,27 @@ def read_csv(path: Path, labels: Sequence, features: Optional[Sequence] = (), fe
             quoted = True
             break
         try:
-            _, parts = _tokenize_chunk(buf, ncols, wanted, kinds)
+            _, parts = _tokenize_chunk(buf, ncols, wanted, kinds, names)
         except ChunkError as err:
             raise line_of(path, base, err) from None
         for j, arr in enumerate(parts):
             columns[j].append(arr)
+    row_lines = None
     if quoted:
-        columns = [[arr] for arr in _read_with_csv_module(path, skip, ncols, wanted, kinds)]
+        arrays, row_lines = _read_with_csv_module(path, skip, ncols, wanted, kinds, names)
+        columns = [[arr] for arr in arrays]
     merged = []
     for j, kind in enumerate(kinds):
         parts = columns[j]
         if not parts:
-            merged.append(np.zeros(0, np.int64 if kind == "int" else "S1"))
-        elif kind != "int":
+            merged.append(np.zeros(0, {"int": np.int64, "text": object}.get(kind, "S1")))
+        elif kind in ("int", "text"):
+            merged.append(np.concatenate(parts))
+        else:
             width = max(p.dtype.itemsize for p in parts)
             merged.append(np.concatenate([p.astype(f"S{width}") for p in parts]))
-        else:
-            merged.append(np.concatenate(parts))
         columns[j] = None
-    first_line = 1 + skip
-    label_names = [display[i] if display else str(i) for i in label_idx]
-    nl = len(label_idx)
-    nf = len(feature_idx)
-    y = (np.stack([_parse_labels(merged[j], path, first_line, label_names[j]) for j in range(nl)], 1)
-         if len(merged[0]) else np.zeros((0, nl)))
-    dense_names = [display[i] if display else str(i) for i in dense_idx]
-    return Table(path=path, labels=y, features=merged[nl:nl + nf], first_line=first_line,
-                 header=names, ignored=ignored, label_names=label_names,
-                 feature_names=[display[i] if display else str(i) for i in feature_idx],
-                 dense_tokens=merged[nl + nf:], dense_names=dense_names)
+    return merged, row_lines
 
 
 def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[str]], extra: str = "ignore",
@@ -414,29 +495,64 @@ def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[
     feats = []
     for c in features:
         column = table.column(c)
-        col = column.to_numpy(zero_copy_only=False)
         if feature_kind == "int":
             if column.null_count or not pa.types.is_integer(column.type):
                 what = f"{column.null_count} null(s)" if column.null_count else f"{column.type} values"
                 raise DataFormatError(f"{path}: feature column {c!r} holds {what}; encode=false needs non-null "
                                       f"integer ids (use encode=true, or name a numerical column with dense=)")
-        if col.dtype.kind in "iu":
+            col = column.to_numpy(zero_copy_only=False)
             if col.size and col.min() < 0:
                 r = int(np.flatnonzero(col < 0)[0])
-                raise DataFormatError(f"{path}, row {r + 1}: id {c!r} = {col[r]} is negative")
+                raise DataFormatError(f"{path}, row {r + 1}: id {c!r} = {col[r]} is negative (encode=false "
+                                      f"needs ids 0, 1, ...; encode=true takes any integer)")
             feats.append(col.astype(np.int64))
         else:
-            feats.append(_as_fixed(["" if v is None else str(v) for v in col], "digest", path, 1))
+            feats.append(parquet_tokens(column, path, c))
     dense_tokens = []
     for c in dense:
         column = table.column(c)
         if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
             dense_tokens.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
         else:
-            dense_tokens.append(_as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "error", path, 1))
+            dense_tokens.append(_as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "error", path,
+                                          _parquet_row, c))
     return Table(path=path, labels=y, features=feats, first_line=1, header=schema_names, ignored=rest,
                  label_names=list(labels), feature_names=list(features), dense_tokens=dense_tokens,
                  dense_names=dense)
+
+
+def _parquet_row(row: int) -> str:
+    return f"row {row + 1}"
+
+
+def parquet_tokens(column, path: Path, name: str) -> np.ndarray:
+    """Canonical id tokens (``S``) of a Parquet column: integers as their decimal text, strings as UTF-8
+    (one holding a NUL is an error), null as b"" (missing), other values as ``str(value)``."""
+    import pyarrow as pa
+    if pa.types.is_integer(column.type):
+        ints = column.fill_null(0).to_numpy(zero_copy_only=False)
+        text = ints.astype(np.uint64 if ints.dtype.kind == "u" else np.int64).astype("S21")
+        if column.null_count:
+            text[column.is_null().to_numpy(zero_copy_only=False)] = b""
+        return text
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        values = [b"" if v is None else v for v in column.to_pylist()]
+        return _as_fixed([v.decode("utf-8", "surrogateescape") for v in values], "digest", path, _parquet_row, name)
+    return _as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "digest", path, _parquet_row, name)
+
+
+def column_names(path: Path) -> list[str]:
+    """The column names of a file: a CSV's first line (whatever it holds), a Parquet file's schema."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+            raise DataFormatError(f"{path}: not a readable Parquet file ({err})") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    return [t.strip() for t in split_line(read_first_line(path)[0])]
 
 
 def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", header="auto",

@@ -15,8 +15,11 @@ import numpy as np
 
 from ._bytes import DataFormatError
 from .aliccp import AITM_FIELDS, AITM_VOCAB_SIZES
+from .cache import VOCABULARY_ARRAY
 from .cascade import apply_policy, check_labels, check_policy
-from .readers import MAX_RAW_VOCAB, Table, dense_matrix, looks_numerical, read_any, read_csv, read_first_line, split_line
+from .vocab import FieldVocab, Vocabulary
+from .readers import MAX_RAW_VOCAB, Table, column_names, dense_matrix, looks_numerical, match_columns, read_any, \
+    read_csv, read_first_line, split_line
 
 RECHUB_SPARSE = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
                  "508", "509", "702", "853", "301", "109_14", "110_14", "127_14", "150_14")
@@ -47,24 +50,23 @@ def finish_table(table: Table, task_names: Sequence[str], policy: str, stats: di
     return feats, y, dense
 
 
-def encode_bytes_columns(train_cols: list, other: dict, min_count: int):
-    """Vocabulary per column from the train tokens (count >= min_count -> 1..n in sorted order; else 0)."""
-    dims, encoded_train, encoded_other = [], [], {k: [] for k in other}
-    for j, col in enumerate(train_cols):
-        uniq, inverse, counts = np.unique(col, return_inverse=True, return_counts=True)
-        kept = (counts >= min_count) & (uniq != b"")
-        codes = np.cumsum(kept).astype(np.int32)
-        codes[~kept] = 0
-        encoded_train.append(codes[inverse.reshape(-1)])
-        keys = uniq[kept]
-        dims.append(int(kept.sum()) + 1)
-        for name, cols in other.items():
-            c = cols[j]
-            pos = np.searchsorted(keys, c)
-            pos_c = np.minimum(pos, max(len(keys) - 1, 0))
-            hit = (keys[pos_c] == c) if len(keys) else np.zeros(len(c), dtype=bool)
-            encoded_other[name].append(np.where(hit, pos_c + 1, 0).astype(np.int32))
-    return dims, encoded_train, encoded_other
+def train_field(name: str, train_col: np.ndarray, min_count: int) -> FieldVocab:
+    """An encoded field from its train tokens: tokens seen at least ``min_count`` times (never the empty
+    cell) are the keys, in bytes order (codes 1..n); every other token gets 0."""
+    if train_col.dtype.kind != "S":
+        raise TypeError(f"column {name!r}: tokens must be bytes (S), got {train_col.dtype}")
+    uniq, counts = np.unique(train_col, return_counts=True)
+    kept = (counts >= min_count) & (uniq != b"")
+    return FieldVocab(name, "encoded", int(kept.sum()) + 1, min_count, uniq[kept])
+
+
+def encode_table(table: Table, vocabulary: Vocabulary) -> tuple[list, dict]:
+    """A table's feature columns (in the vocabulary's single-field order) as codes; errors name file lines."""
+    cols, unseen = [], {}
+    for f, col in zip(vocabulary.single_fields, table.features):
+        codes, unseen[f.name] = f.encode(col, table.where, str(table.path))
+        cols.append(codes)
+    return cols, unseen
 
 
 def split_rows(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -108,9 +110,10 @@ def ints_fit(cols: list, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the loaders
 # ---------------------------------------------------------------------------------------------------------------
-def _assemble(parts: dict, dims, field_names, task_names, source: str, stats: dict,
-              dense: Optional[dict] = None, dense_names: Sequence[str] = ()) -> tuple[dict, dict]:
-    """Arrays and manifest info in the layout of :mod:`.cache`; ``dense``: {split: float32 [N, K]}."""
+def _assemble(parts: dict, vocabulary: Vocabulary, stats: dict, dense: Optional[dict] = None) -> tuple[dict, dict]:
+    """Arrays and manifest info in the layout of :mod:`.cache`; ``dense``: {split: float32 [N, K]}. The
+    vocabulary is the one source of the field names and sizes, the task and dense names (``info``) and is
+    stored whole as the uint8 array ``vocabulary`` (its text format)."""
     arrays = {}
     for split, (x, y) in parts.items():
         arrays[f"{split}.x"] = x
@@ -118,10 +121,19 @@ def _assemble(parts: dict, dims, field_names, task_names, source: str, stats: di
         stats[f"{split}_rows"] = len(y)
     for split, d in (dense or {}).items():
         arrays[f"{split}.dense"] = d
-    info = {"source": source, "field_names": [str(n) for n in field_names], "field_dims": [int(d) for d in dims],
-            "task_names": list(task_names), "stats": stats, "bag_groups": [],
-            "dense_names": [str(n) for n in dense_names]}
+    arrays[VOCABULARY_ARRAY] = np.frombuffer(vocabulary.to_bytes(), dtype=np.uint8)
+    single = vocabulary.single_fields
+    info = {"source": vocabulary.source, "field_names": [f.name for f in single],
+            "field_dims": [f.size for f in single], "task_names": list(vocabulary.task_names), "stats": stats,
+            "bag_groups": [], "dense_names": list(vocabulary.dense_names)}
     return arrays, info
+
+
+def identity_vocabulary(names: Sequence[str], sizes: Sequence[int], source: str, task_names: Sequence[str],
+                        label_names: Sequence[str], dense_names: Sequence[str] = ()) -> Vocabulary:
+    """The vocabulary of a pre-encoded source: every field's ids are its codes."""
+    return Vocabulary([FieldVocab(str(n), "identity", int(d)) for n, d in zip(names, sizes)],
+                      dense_names=dense_names, label_names=label_names, task_names=task_names, source=source)
 
 
 def _split_train(x, y, valid_fraction, seed):
@@ -148,12 +160,21 @@ def aitm_files(directory: Path) -> dict:
     return files
 
 
+def _identity_sizes(vocabulary: Vocabulary, names: Sequence[str], source: str) -> list[int]:
+    """The field sizes of a model's vocabulary for a pre-encoded source whose fields are ``names``."""
+    if vocabulary.field_names != tuple(names) or any(f.kind != "identity" for f in vocabulary.fields):
+        raise DataFormatError(f"the model's fields {list(vocabulary.field_names)} (source {vocabulary.source!r}) "
+                              f"are not the pre-encoded fields {list(names)} of {source}")
+    return list(vocabulary.field_dims)
+
+
 def load_aitm_csv(directory: Path, policy: str = "drop", valid_fraction: float = 0.1, seed: int = 0,
-                  dims: str = "aitm") -> tuple[dict, dict]:
+                  dims: str = "aitm", vocabulary: Optional[Vocabulary] = None) -> tuple[dict, dict]:
     """The AITM 18-field encoded CSV (``click,purchase,101,...,301``, all integers, header optional).
 
     ``dims='aitm'``: the field sizes of the AITM protocol (ids must lie below them); ``'data'``: max id + 1.
-    Validation: ctr_cvr.dev when present, else ``valid_fraction`` of train drawn by ``seed``.
+    Validation: ctr_cvr.dev when present, else ``valid_fraction`` of train drawn by ``seed``. With a model's
+    ``vocabulary`` the sizes are the model's and an id outside them is an error naming the line.
     """
     check_policy(policy)
     if dims not in ("aitm", "data"):
@@ -163,13 +184,15 @@ def load_aitm_csv(directory: Path, policy: str = "drop", valid_fraction: float =
     stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}}
     task_names = ("click", "conversion")
     sizes = [AITM_VOCAB_SIZES[f] for f in AITM_FIELDS]
+    hint = "the AITM vocabulary; use dims='data' for data encoded otherwise"
+    if vocabulary is not None:
+        sizes, dims, hint = _identity_sizes(vocabulary, AITM_FIELDS, "aitm-csv"), "aitm", "the model's vocabulary"
     loaded = {}
     for split, path in files.items():
         table = read_csv(path, labels=[0, 1], features=list(range(2, 20)), feature_kind="int",
                          expected_header=expected)
         if dims == "aitm":
-            check_id_range(table.features, sizes, AITM_FIELDS, table, "the AITM vocabulary; use dims='data' "
-                                                                       "for data encoded otherwise")
+            check_id_range(table.features, sizes, AITM_FIELDS, table, hint)
         stats[split + "_header"] = table.header is not None
         loaded[split] = finish_table(table, task_names, policy, stats, split + "_file")
     if dims == "data":
@@ -181,7 +204,7 @@ def load_aitm_csv(directory: Path, policy: str = "drop", valid_fraction: float =
             parts.update(_split_train(x, y, valid_fraction, seed))
         else:
             parts[split] = (x, y)
-    return _assemble(parts, sizes, AITM_FIELDS, task_names, "aitm-csv", stats)
+    return _assemble(parts, identity_vocabulary(AITM_FIELDS, sizes, "aitm-csv", task_names, AITM_LABELS), stats)
 
 
 def rechub_files(directory: Path) -> dict:
@@ -209,17 +232,25 @@ def rechub_dense_columns(path: Path, dense: Optional[Sequence[str]]) -> list[str
     return [str(d) for d in dense]
 
 
-def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Sequence[str]] = None
-                    ) -> tuple[dict, dict]:
+def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Sequence[str]] = None,
+                    vocabulary: Optional[Vocabulary] = None) -> tuple[dict, dict]:
     """torch-rechub's Ali-CCP CSV: labels click, purchase; the 23 sparse columns as fields and the dense
     ``D*`` columns as numerical features (raw float32, NaN = missing; cells checked as in :func:`load_table`).
 
     ``dense``: None (default) reads every ``D*`` column; ``['none']`` reads none (they are then listed in
     ``stats['ignored_columns']``, with any other column read past); else the dense columns by name or glob.
-    Its ids were encoded by torch-rechub over the full data, so field sizes are max id + 1 over the 3 files.
+    Its ids were encoded by torch-rechub over the full data, so field sizes are max id + 1 over the 3 files;
+    with a model's ``vocabulary`` they are the model's (an id outside is an error naming the line) and the
+    dense columns are the model's.
     """
     check_policy(policy)
     files = rechub_files(directory)
+    if vocabulary is not None:
+        model_sizes = _identity_sizes(vocabulary, RECHUB_SPARSE, "rechub-csv")
+        if dense is not None and [str(d) for d in dense] not in (list(vocabulary.dense_names), ["none"]):
+            raise ValueError(f"dense={list(dense)} differs from the model's dense columns "
+                             f"{list(vocabulary.dense_names)}")
+        dense = list(vocabulary.dense_names) or ["none"]
     task_names = ("click", "conversion")
     stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}, "altered": {}}
     loaded = {}
@@ -235,6 +266,8 @@ def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Seque
         elif names != dense_names or rest != ignored:
             raise DataFormatError(f"{path}: dense columns {names} and unused columns {rest} differ from "
                                   f"{files['train'].name}'s {dense_names} and {ignored}")
+        if vocabulary is not None:
+            check_id_range(table.features, model_sizes, RECHUB_SPARSE, table, "the model's vocabulary")
         loaded[split] = finish_table(table, task_names, policy, stats, split + "_file")
         d = loaded[split][2]
         if d is not None:
@@ -242,10 +275,12 @@ def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Seque
     stats["ignored_columns"] = ignored
     for split, (feats, _, _) in loaded.items():
         ints_fit(feats, files[split])
-    sizes = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(RECHUB_SPARSE))]
+    sizes = model_sizes if vocabulary is not None else \
+        [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(RECHUB_SPARSE))]
     parts = {split: (stack_features(feats), y) for split, (feats, y, _) in loaded.items()}
     dense_parts = {split: d for split, (_, _, d) in loaded.items() if d is not None}
-    return _assemble(parts, sizes, RECHUB_SPARSE, task_names, "rechub-csv", stats, dense_parts, dense_names)
+    vocab = identity_vocabulary(RECHUB_SPARSE, sizes, "rechub-csv", task_names, RECHUB_LABELS, dense_names)
+    return _assemble(parts, vocab, stats, dense_parts)
 
 
 TABLE_SPLITS = (("train", ("train",)), ("valid", ("valid", "val", "dev")), ("test", ("test",)))
@@ -315,10 +350,10 @@ def _check_numerical_columns(table: Table) -> None:
 
 
 def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[str]] = None, extra: str = "ignore",
-               encode: bool = True, min_count: int = 1, policy: str = "drop", valid_fraction: float = 0.1,
-               test_fraction: float = 0.2, seed: int = 0, header: str = "auto",
-               task_names: Optional[Sequence[str]] = None, dense: Optional[Sequence[str]] = None
-               ) -> tuple[dict, dict]:
+               encode: Optional[bool] = None, min_count: int = 1, policy: str = "drop",
+               valid_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, header: str = "auto",
+               task_names: Optional[Sequence[str]] = None, dense: Optional[Sequence[str]] = None,
+               vocabulary: Optional[Vocabulary] = None) -> tuple[dict, dict]:
     """A generic CSV / Parquet table (one file split by ``seed``, or a directory of train/valid/test files).
 
     ``labels``: the label columns in funnel order (names, or indices for a header-less CSV); ``features``: the
@@ -330,8 +365,16 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
     (sizes = max id + 1, at most MAX_RAW_VOCAB). A single file is split first (seeded), then each split
     applies the cascade policy; every dropped or altered row is counted by reason and split in
     ``stats['dropped']`` / ``stats['altered']``.
+
+    ``vocabulary`` (a trained model's): every file is encoded with it instead of a vocabulary built from
+    train. Its fields and dense columns are matched by name, in any column order (missing ones are an
+    error naming them); ``labels`` and ``task_names`` default to its own; identity fields check their range.
     """
     check_policy(policy)
+    model_columns = None
+    if vocabulary is not None:
+        labels, task_names, encode, model_columns = _model_columns(vocabulary, labels, task_names, encode)
+    encode = True if encode is None else encode
     if not labels or len(labels) < 2:
         raise ValueError("name at least 2 label columns, in funnel order (e.g. labels=['click', 'purchase'])")
     if min_count < 1:
@@ -346,7 +389,10 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
     feature_names = dense_names = None
     for split, p in files.items():
         try:
-            table = read_any(p, labels, features, "bytes" if encode else "int", extra, header, dense=dense)
+            if model_columns is not None:
+                table = _read_with_vocabulary(p, vocabulary, labels, features, dense, extra, header)
+            else:
+                table = read_any(p, labels, features, "bytes" if encode else "int", extra, header, dense=dense)
         except DataFormatError as err:
             if encode or features is not None or "is not a non-negative integer" not in str(err):
                 raise
@@ -354,9 +400,10 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
                                   f"the id columns with features= (--features) and numerical ones with dense= "
                                   f"(--dense)") from None
         if feature_names is None:
+            loaded_label_names = [str(c) for c in (table.label_names or labels)]
             feature_names = [str(c) for c in table.feature_names]
             dense_names = [str(c) for c in table.dense_names]
-            if features is None and encode:
+            if features is None and encode and vocabulary is None:
                 _check_numerical_columns(table)
         elif [str(c) for c in table.feature_names] != feature_names or \
                 [str(c) for c in table.dense_names] != dense_names:
@@ -410,11 +457,24 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
                                                          f"cascade" if dropped else "")
                 + (f" (test_fraction={test_fraction} of {sum(len(v[1]) for v in loaded.values())} rows)"
                    if "all" in files and not dropped else ""))
+    if vocabulary is None and encode:
+        vocabulary = Vocabulary([train_field(n, c, min_count) for n, c in zip(feature_names, loaded["train"][0])])
+        loaded = {k: (encode_table_columns(v[0], vocabulary), v[1], v[2]) for k, v in loaded.items()}
+    elif vocabulary is None:
+        for split, (feats, _, _) in loaded.items():
+            ints_fit(feats, Path(path))
+        dims = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(feature_names))]
+        for name, size in zip(feature_names, dims):
+            if size > MAX_RAW_VOCAB:
+                raise DataFormatError(
+                    f"{path}: with encode=false column {name!r} holds the id {size - 1:,}, so its table would "
+                    f"need {size:,} rows (limit {MAX_RAW_VOCAB:,}); use encode=true to number the ids "
+                    f"that occur")
+        vocabulary = Vocabulary([FieldVocab(n, "identity", d) for n, d in zip(feature_names, dims)])
+    vocabulary = Vocabulary(vocabulary.fields, dense_names=dense_names or (), task_names=names, source="csv",
+                            label_names=[str(c) for c in loaded_label_names])
+    encoded = {k: v[0] for k, v in loaded.items()}
     if encode:
-        dims, train_cols, others = encode_bytes_columns(loaded["train"][0],
-                                                         {k: v[0] for k, v in loaded.items() if k != "train"},
-                                                         min_count)
-        encoded = {"train": train_cols, **others}
         for split, cols in encoded.items():
             oov = np.zeros(len(loaded[split][1]), dtype=bool)
             for name, c in zip(feature_names, cols):
@@ -426,22 +486,11 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
                         f"(a row or session id?); it carries no information there (leave it out with --features)")
             stats["altered"].setdefault(split, {})[OOV_IDS] = int(oov.sum())
         n_train = len(loaded["train"][1])
-        for name, size in zip(feature_names, dims):
-            if features is None and n_train >= 50 and size - 1 >= 0.9 * n_train:
+        for name, size in zip(feature_names, vocabulary.field_dims):
+            if features is None and model_columns is None and n_train >= 50 and size - 1 >= 0.9 * n_train:
                 stats["warnings"].append(
                     f"column {name!r} has a distinct value in {size - 1} of {n_train} training rows: as a "
                     f"categorical feature it can only memorise rows (leave it out with --features)")
-    else:
-        for split, (feats, _, _) in loaded.items():
-            ints_fit(feats, Path(path))
-        dims = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(feature_names))]
-        for name, size in zip(feature_names, dims):
-            if size > MAX_RAW_VOCAB:
-                raise DataFormatError(
-                    f"{path}: with encode=false column {name!r} holds the id {size - 1:,}, so its table would "
-                    f"need {size:,} rows (limit {MAX_RAW_VOCAB:,}); use encode=true to number the ids "
-                    f"that occur")
-        encoded = {k: v[0] for k, v in loaded.items()}
     parts, dense_parts = {}, {}
     for split in ("train", "valid", "test"):
         if split not in loaded:
@@ -460,4 +509,43 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
             parts[split] = (x, y)
             if d is not None:
                 dense_parts[split] = d
-    return _assemble(parts, dims, feature_names, names, "csv", stats, dense_parts, dense_names or ())
+    return _assemble(parts, vocabulary, stats, dense_parts)
+
+
+def encode_table_columns(cols: list, vocabulary: Vocabulary) -> list:
+    return [f.encode(c)[0] for f, c in zip(vocabulary.single_fields, cols)]
+
+
+def _model_columns(vocabulary: Vocabulary, labels, task_names, encode):
+    """(labels, task names, encode, the model's feature and dense names) for a table read with a vocabulary."""
+    if vocabulary.bag_fields:
+        raise DataFormatError(f"the model has multi-valued fields {[f.name for f in vocabulary.bag_fields]} "
+                              f"(source {vocabulary.source!r}); a csv table holds single-valued fields only")
+    kinds = {f.kind for f in vocabulary.fields}
+    model_encode = kinds == {"encoded"}
+    if len(kinds) > 1 or (encode is not None and encode != model_encode):
+        raise ValueError(f"encode={encode} disagrees with the model's vocabulary, whose fields are "
+                         f"{' and '.join(sorted(kinds))} (encode={'true' if model_encode else 'false'})")
+    labels = list(labels) if labels else list(vocabulary.label_names)
+    if task_names is None and len(labels) == len(vocabulary.task_names):
+        task_names = list(vocabulary.task_names)
+    return labels, task_names, model_encode, [f.name for f in vocabulary.fields] + list(vocabulary.dense_names)
+
+
+def _read_with_vocabulary(path: Path, vocabulary: Vocabulary, labels, features, dense, extra, header) -> Table:
+    """A file's columns read by the model's names (any column order), its features encoded with the model's
+    vocabulary (errors name the line); ``features`` / ``dense`` given as well must select the same columns."""
+    model_features = [f.name for f in vocabulary.fields]
+    model_dense = list(vocabulary.dense_names)
+    names = column_names(path)
+    if not all(n.isdigit() for n in model_features + model_dense):  # named columns: say every missing one
+        vocabulary.check_columns(names, str(path))
+    for given, model, role in ((features, model_features, "feature"), (dense, model_dense, "dense")):
+        if given is not None:
+            chosen = [names[i] for i in match_columns(given, names, len(names), path, role)]
+            if sorted(chosen) != sorted(model):
+                raise DataFormatError(f"{path}: {role}s={list(given)} selects {chosen}, but the model's {role} "
+                                      f"columns are {model}")
+    table = read_any(path, labels, model_features, "bytes", extra, header, dense=model_dense)
+    table.features = encode_table(table, vocabulary)[0]
+    return table
