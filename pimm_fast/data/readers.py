@@ -150,7 +150,8 @@ def _parse_labels(tokens: np.ndarray, where: Callable[[int], str], path: Path, n
     return values[inverse.reshape(-1)]
 
 
-def parse_floats(tokens: np.ndarray, where, source: str, name: str) -> tuple[np.ndarray, int]:
+def parse_floats(tokens: np.ndarray, where, source: str, name: str, role: str = "dense column"
+                 ) -> tuple[np.ndarray, int]:
     """Numerical tokens (bytes) -> (float32 values with NaN for missing, count of missing cells).
 
     Missing: an empty cell, NA, NaN, null, None, ?, -, N/A (any case) and +-inf. Anything else that is
@@ -169,7 +170,7 @@ def parse_floats(tokens: np.ndarray, where, source: str, name: str) -> tuple[np.
                 table[i] = float(t)
             except ValueError:
                 row = int(np.flatnonzero(inverse == i)[0])
-                raise DataFormatError(f"{source}, {where(row)}: dense column {name!r} = "
+                raise DataFormatError(f"{source}, {where(row)}: {role} {name!r} = "
                                       f"{t[:40].decode('utf-8', 'replace')!r} is not a number") from None
         values = table[inverse.reshape(-1)]
     values[~np.isfinite(values)] = np.nan
@@ -508,14 +509,7 @@ def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[
             feats.append(col.astype(np.int64))
         else:
             feats.append(parquet_tokens(column, path, c))
-    dense_tokens = []
-    for c in dense:
-        column = table.column(c)
-        if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
-            dense_tokens.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
-        else:
-            dense_tokens.append(_as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "error", path,
-                                          _parquet_row, c))
+    dense_tokens = [parquet_dense_tokens(table.column(c), path, c) for c in dense]
     return Table(path=path, labels=y, features=feats, first_line=1, header=schema_names, ignored=rest,
                  label_names=list(labels), feature_names=list(features), dense_tokens=dense_tokens,
                  dense_names=dense)
@@ -539,6 +533,14 @@ def parquet_tokens(column, path: Path, name: str) -> np.ndarray:
         values = [b"" if v is None else v for v in column.to_pylist()]
         return _as_fixed([v.decode("utf-8", "surrogateescape") for v in values], "digest", path, _parquet_row, name)
     return _as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "digest", path, _parquet_row, name)
+
+
+def parquet_dense_tokens(column, path: Path, name: str) -> np.ndarray:
+    """A Parquet dense column for :func:`parse_floats`: numbers as float64 (null = NaN), text as tokens."""
+    import pyarrow as pa
+    if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+        return column.to_numpy(zero_copy_only=False).astype(np.float64)
+    return _as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "error", path, _parquet_row, name)
 
 
 def column_names(path: Path) -> list[str]:
