@@ -167,3 +167,17 @@ def test_synthetic_takes_no_vocabulary():
     v = load("synthetic:demo", samples=200).vocabulary
     with pytest.raises(ValueError, match="synthetic data is generated"):
         load("synthetic:demo", samples=200, vocabulary=v)
+
+
+def test_training_codes_are_the_vocabulary_encoding_row_by_row(tmp_path):
+    from pimm_fast.data import read_for_scoring
+
+    d = tmp_path / "dir"
+    d.mkdir()
+    write(d / "train.csv", HEADER, rows(400, seed=1) + [["x" * 100, "i1", 0.5, 0, 0], ["", "i2", 0.5, 1, 0]])
+    write(d / "test.csv", HEADER, rows(50, seed=2) + [["x" * 100, "never", 0.5, 0, 0]])
+    s = load(f"csv:{d}?labels=click,buy&features=user,item&dense=price&min_count=2", cache_dir=None,
+             valid_fraction=0.0, policy="keep")
+    for split, name in ((s.train, "train.csv"), (s.test, "test.csv")):
+        t = read_for_scoring(d / name, s.vocabulary)
+        assert t.x.tolist() == split.x.tolist()

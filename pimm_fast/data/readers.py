@@ -220,14 +220,23 @@ def _objects(values: list) -> np.ndarray:
     return out
 
 
-def _bad_text_cells(buf: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Optional[tuple[int, str]]:
-    """(row, problem) of the first cell buf[lo:hi] holding a NUL byte or bytes that are not UTF-8, or None.
-    Cells are never valid ids then: a NUL could pose as a digest, and invalid bytes would be changed by any
-    reader that decodes them. Only cells with a NUL or a byte >= 0x80 are looked at one by one."""
-    odd = (buf == 0) | (buf >= 0x80)
-    if not odd.any():
-        return None
-    count = np.concatenate(([0], np.cumsum(odd)))
+def _odd_bytes(buf: np.ndarray) -> Optional[np.ndarray]:
+    """None when a chunk holds no NUL and is UTF-8 text throughout (the usual case: one pass), else the
+    running count of its NUL and non-ASCII bytes, to find the cells worth decoding one by one."""
+    if not (buf == 0).any():
+        try:
+            buf.tobytes().decode("utf-8")
+            return None
+        except UnicodeDecodeError:
+            pass
+    return np.concatenate(([0], np.cumsum((buf == 0) | (buf >= 0x80))))
+
+
+def _bad_text_cells(buf: np.ndarray, count: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                    ) -> Optional[tuple[int, str]]:
+    """(row, problem) of the first cell buf[lo:hi] holding a NUL byte or bytes that are not UTF-8, or None
+    (``count``: :func:`_odd_bytes`). Such a cell is never a valid id: a NUL could pose as a digest, and
+    invalid bytes would be changed by any reader that decodes them."""
     for r in np.flatnonzero(count[hi] > count[lo]):
         raw = bytes(buf[lo[r]:hi[r]])
         if b"\x00" in raw:
@@ -257,6 +266,7 @@ def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: S
     ends = cand.reshape(rows, ncols)
     nl = ends[:, -1]
     out = []
+    odd = _odd_bytes(buf) if "bytes" in kinds else None
     for col, kind in zip(wanted, kinds):
         lo = (np.concatenate(([0], nl[:-1] + 1)) if col == 0 else ends[:, col - 1] + 1)
         hi = ends[:, col]
@@ -274,8 +284,8 @@ def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: S
             raw = buf.tobytes()
             out.append(_objects([raw[a:b].decode("utf-8", "surrogateescape") for a, b in zip(lo.tolist(), hi.tolist())]))
             continue
-        if kind == "bytes":
-            bad = _bad_text_cells(buf, lo, hi)
+        if kind == "bytes" and odd is not None:
+            bad = _bad_text_cells(buf, odd, lo, hi)
             if bad is not None:
                 name = names[len(out)] if names else col
                 raise ChunkError(lo[bad[0]], f"column {name!r}: the id cell {token_text(buf, lo[bad[0]], hi[bad[0]])} "

@@ -50,14 +50,17 @@ def finish_table(table: Table, task_names: Sequence[str], policy: str, stats: di
     return feats, y, dense
 
 
-def train_field(name: str, train_col: np.ndarray, min_count: int) -> FieldVocab:
+def train_field(name: str, train_col: np.ndarray, min_count: int) -> tuple[FieldVocab, np.ndarray]:
     """An encoded field from its train tokens: tokens seen at least ``min_count`` times (never the empty
-    cell) are the keys, in bytes order (codes 1..n); every other token gets 0."""
+    cell) are the keys, in bytes order (codes 1..n); every other token gets 0. Returns the field and the
+    train codes (int32; what ``field.encode`` gives, from the sort already done)."""
     if train_col.dtype.kind != "S":
         raise TypeError(f"column {name!r}: tokens must be bytes (S), got {train_col.dtype}")
-    uniq, counts = np.unique(train_col, return_counts=True)
+    uniq, inverse, counts = np.unique(train_col, return_inverse=True, return_counts=True)
     kept = (counts >= min_count) & (uniq != b"")
-    return FieldVocab(name, "encoded", int(kept.sum()) + 1, min_count, uniq[kept])
+    codes = np.cumsum(kept, dtype=np.int32)
+    codes[~kept] = 0
+    return FieldVocab(name, "encoded", int(kept.sum()) + 1, min_count, uniq[kept]), codes[inverse.reshape(-1)]
 
 
 def encode_table(table: Table, vocabulary: Vocabulary) -> tuple[list, dict]:
@@ -458,8 +461,10 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
                 + (f" (test_fraction={test_fraction} of {sum(len(v[1]) for v in loaded.values())} rows)"
                    if "all" in files and not dropped else ""))
     if vocabulary is None and encode:
-        vocabulary = Vocabulary([train_field(n, c, min_count) for n, c in zip(feature_names, loaded["train"][0])])
-        loaded = {k: (encode_table_columns(v[0], vocabulary), v[1], v[2]) for k, v in loaded.items()}
+        built = [train_field(n, c, min_count) for n, c in zip(feature_names, loaded["train"][0])]
+        vocabulary = Vocabulary([f for f, _ in built])
+        loaded = {k: ([c for _, c in built] if k == "train" else encode_table_columns(v[0], vocabulary), v[1], v[2])
+                  for k, v in loaded.items()}
     elif vocabulary is None:
         for split, (feats, _, _) in loaded.items():
             ints_fit(feats, Path(path))
