@@ -7,16 +7,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from ..distributed import torchrec_error
 from ..distributed.checkpoint import is_run_directory
 from ..errors import UsageError
-from ..train.checkpoint import CHECKPOINT, CONFIG, RESULTS, SHARDED, save_json
-from .run import (DataRequest, RunConfig, build_model, check_validation, format_table, fused_optimizer_name,
-                  jsonable)
+from ..train.checkpoint import CHECKPOINT, CONFIG, SHARDED, save_json
+from .run import DataRequest, RunConfig, build_model, check_validation, fused_optimizer_name, jsonable, report_run
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -206,22 +204,8 @@ def _train(args: argparse.Namespace, request: DataRequest, rank: int, world: int
     if args.run_dir is not None and rank == 0 and not (args.run_dir / CONFIG).exists():
         save_json(args.run_dir / CONFIG, jsonable(config.to_dict()))
     history = trainer.run()
-    early = trainer.early
     result = evaluate_distributed(sm, test)
-    if rank != 0:
-        return
-    if early["best_epoch"] is not None:
-        stop = f"stopped early after epoch {len(history)}; " if early["stopped"] else ""
-        print(f"{stop}best validation epoch {early['best_epoch'] + 1} ({tc.monitor} {early['best']:.4f}), restored",
-              flush=True)
-    print("\nheld-out test set\n" + format_table(result))
-    print(f"\ntotal {time.perf_counter() - started:.1f} s")
-    payload = jsonable({
-        "config": config.to_dict(), "backend": "torchrec", "processes": world, "plan": config.distributed["plan"],
-        "history": history, "early_stopping": early, "test": result,
-        "data": {"report": train.meta.get("report", {}), "dense_names": list(train.dense_names)},
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}})
-    if args.run_dir is not None:
-        save_json(args.run_dir / RESULTS, payload)
-    if args.output is not None:
-        save_json(args.output, payload)
+    if rank == 0:
+        args_record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
+        report_run(config, "torchrec", history, trainer.early, result, train, started, args.run_dir, args.output,
+                   processes=world, plan=config.distributed["plan"], args=args_record)

@@ -379,6 +379,27 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def report_run(config: RunConfig, backend: str, history: list, early: dict, result: dict, train, started: float,
+               run_dir: Optional[Path], output: Optional[Path], **extra) -> None:
+    """The end of a training run (train, train --distributed): the early-stopping line, the test table and the
+    time; the report (``extra`` added) in ``run_dir``/results.json and ``output``."""
+    import time
+
+    if early["best_epoch"] is not None:
+        stop = f"stopped early after epoch {len(history)}; " if early["stopped"] else ""
+        print(f"{stop}best validation epoch {early['best_epoch'] + 1} ({config.monitor} {early['best']:.4f}), "
+              f"restored", flush=True)
+    print("\nheld-out test set\n" + format_table(result))
+    print(f"\ntotal {time.perf_counter() - started:.1f} s")
+    payload = jsonable({"config": config.to_dict(), "backend": backend, "history": history, "early_stopping": early,
+                        "test": result, "data": {"report": train.meta.get("report", {}),
+                                                 "dense_names": list(train.dense_names)}, **extra})
+    if run_dir is not None:
+        ckpt.save_json(Path(run_dir) / ckpt.RESULTS, payload)
+    if output is not None:
+        ckpt.save_json(Path(output), payload)
+
+
 def jsonable(value):
     """NaN and infinities become None (JSON has no NaN); tuples become lists; paths strings."""
     if isinstance(value, float):

@@ -14,8 +14,7 @@ from ..errors import UsageError
 from ..train import checkpoint as ckpt
 from ..train.trainer import Trainer, evaluate
 from . import distributed
-from .run import (RUN_KEYS, DataRequest, RunConfig, build, check_output_path, check_validation, fmt, format_table,
-                  jsonable)
+from .run import RUN_KEYS, DataRequest, RunConfig, build, check_output_path, check_validation, fmt, report_run
 
 
 def check_train_args(args: argparse.Namespace) -> DataRequest:
@@ -171,19 +170,6 @@ def train(args: argparse.Namespace, request: Optional[DataRequest]) -> int:
     elif out is not None:
         ckpt.save_json(Path(out) / ckpt.CONFIG, config.to_dict())
     history = trainer.run()
-    early = trainer.early
-    if early["best_epoch"] is not None:
-        stop = f"stopped early after epoch {len(history)}; " if early["stopped"] else ""
-        print(f"{stop}best validation epoch {early['best_epoch'] + 1} ({tc.monitor} {early['best']:.4f}), restored",
-              flush=True)
     result = evaluate(model, test)
-    print("\nheld-out test set\n" + format_table(result))
-    print(f"\ntotal {time.perf_counter() - started:.1f} s")
-    report_payload = {"config": config.to_dict(), "backend": backend, "history": history, "early_stopping": early,
-                      "test": result, "data": {"report": train.meta.get("report", {}),
-                                               "dense_names": list(train.dense_names)}}
-    if out is not None:
-        ckpt.save_json(Path(out) / ckpt.RESULTS, jsonable(report_payload))
-    if args.output is not None:
-        ckpt.save_json(Path(args.output), jsonable(report_payload))
+    report_run(config, backend, history, trainer.early, result, train, started, out, args.output)
     return 0
