@@ -206,6 +206,6 @@ def _train(args: argparse.Namespace, request: DataRequest, rank: int, world: int
     history = trainer.run()
     result = evaluate_distributed(sm, test)
     if rank == 0:
-        args_record = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
+        args_record = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if not k.startswith("_")}
         report_run(config, "torchrec", history, trainer.early, result, train, started, args.run_dir, args.output,
                    processes=world, plan=config.distributed["plan"], args=args_record)
