@@ -1,7 +1,10 @@
-"""Command line: ``pimm-fast train | compare | evaluate | predict | info | cache`` (also ``python -m pimm_fast``).
+"""Command line: ``pimm-fast train | compare | evaluate | predict | export | info | cache`` (also ``python -m
+pimm_fast``).
 
-The experiment verbs (train, compare, evaluate, predict) live in :mod:`pimm_fast.train.commands` and
-:mod:`pimm_fast.train.experiments`; this module declares options, checks them and dispatches.
+This module declares every option once (options that ``train`` and ``compare`` share are declared in
+:data:`SHARED` and added to both parsers by :func:`shared`), parses and dispatches to
+:mod:`pimm_fast.commands`, and prints user errors. The commands check what the parser cannot, call the
+library and never import this module (tests/test_layers.py).
 
 User errors (bad options, unreadable data, a diverging run) print one line ``pimm-fast: error: ...`` on
 stderr and exit 2, never a traceback; every option is checked before any data are read.
@@ -9,18 +12,29 @@ stderr and exit 2, never a traceback; every option is checked before any data ar
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from .errors import UsageError
+from .train.trainer import LR_SCHEDULES
 
+DESCRIPTION = """Command line: ``pimm-fast train | compare | evaluate | predict | export | info | cache`` (also
+``python -m pimm_fast``). User errors (bad options, unreadable data, a diverging run) print one line
+``pimm-fast: error: ...`` on stderr and exit 2, never a traceback; every option is checked before any data are
+read."""
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
+EMBEDDING_OPTIMIZERS = ("dense", "adam", "rowwise_adagrad", "sgd")
+SHARDING_CHOICES = ("auto", "table_wise", "row_wise")
+DEFAULT_MODELS = ("shared_bottom", "esmm", "mmoe", "ple", "aitm", "mncm", "pimm")
+
+
+# --------------------------------------------------------------------------------------------------------
+# argparse types
 
 def _parse_dims(text: str) -> tuple[int, ...]:
     try:
@@ -32,6 +46,87 @@ def _parse_dims(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _lrs(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates, got {text!r}") from None
+    if not values or not all(v > 0 and math.isfinite(v) for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct learning rates > 0, got {text!r}")
+    return values
+
+
+def _models(text: str) -> tuple[str, ...]:
+    from .models.registry import MODELS
+
+    names = tuple(n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in MODELS]
+    if not names or unknown:
+        named = ", ".join(unknown) if unknown else repr(text)
+        raise argparse.ArgumentTypeError(f"unknown model(s) {named}; choose from "
+                                         f"{', '.join(MODELS)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a model is named twice in {text!r}")
+    return names
+
+
+class _DataOption(argparse.Action):
+    """``--data`` and the data options: the options are folded into the spec (``?key=value&...``), so that
+    ``args.data`` alone names the source, whatever the order of the flags."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, "_data_options", {}))
+        if self.dest == "data":
+            namespace._data_base = values
+        else:
+            options[self.dest] = values
+            namespace._data_options = options
+        base = getattr(namespace, "_data_base", None) or parser.get_default("data")
+        if options:
+            from urllib.parse import urlencode
+
+            base += ("&" if "?" in base else "?") + urlencode(options, safe=",/*")
+        namespace.data = base
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's errors as one line (``pimm-fast: error: ...``), exit status 2."""
 
@@ -39,16 +134,80 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pimm-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+# --------------------------------------------------------------------------------------------------------
+# options of train and compare, declared once; compare states only what differs (its defaults, and
+# argparse-checked integers where train checks them itself with its own messages)
 
-    train = sub.add_parser("train", help="train a cascade model and report per-task AUC on held-out data")
+SHARED = {
+    "--samples": dict(type=int, default=300_000, help="synthetic impressions (train + test); ignored by file sources"),
+    "--embedding-optimizer": dict(
+        default="adam", choices=EMBEDDING_OPTIMIZERS,
+        help="adam (default), rowwise_adagrad, sgd: a fused optimizer updates the touched rows of the table in the "
+             "backward (lazy Adam: FusedEmbedding); dense: the table trains with the model's Adam like any "
+             "parameter (slower)"),
+    "--embedding-lr": dict(type=float, default=None, help="fused optimizer lr (default: --lr)"),
+    "--epochs": dict(type=int, default=3),
+    "--batch-size": dict(type=int, default=1024),
+    "--lr": dict(type=float, default=2e-3),
+    "--embed-dim": dict(type=int, default=5),
+    "--alpha": dict(type=float, default=0.5, help="curriculum: initial p"),
+    "--step": dict(type=float, default=0.25, help="curriculum: decrease of p per epoch"),
+    "--floor": dict(type=float, default=0.25, help="curriculum: lower limit of p"),
+    "--per-step-curriculum": dict(action="store_true", help="decrease p every step, not per epoch"),
+    "--backend": dict(default="auto", choices=BACKENDS),
+    "--device": dict(default=DEVICE),
+    "--threads": dict(type=int, default=None, help="torch intra-op threads (default: all cores)"),
+    "--no-progress": dict(action="store_true"),
+    "--weight-decay": dict(type=_non_negative, default=0.0,
+                           help="L2 weight decay of the dense Adam (not applied to a fused table)"),
+    "--dropout": dict(type=_fraction, default=0.0, help="dropout in towers and experts"),
+    "--patience": dict(type=_positive_int, default=None,
+                       help="stop after N epochs without a better validation number (default: run every epoch); "
+                            "the best validation epoch is restored before testing either way"),
+    "--monitor": dict(default="last",
+                      help="validation number of early stopping: last (the last task's AUC, default), mean (mean "
+                           "AUC over tasks), logloss (mean log loss) or a task name"),
+    "--lr-schedule": dict(default="none", choices=LR_SCHEDULES,
+                          help="cosine: per step from --lr to 0 over the run; step: x --lr-gamma every "
+                               "--lr-step-epochs epochs"),
+}
+
+
+def shared(parser, flag: str, **changes) -> None:
+    """Add the option ``flag`` of :data:`SHARED` to ``parser`` (or an argument group), with ``changes``."""
+    parser.add_argument(flag, **{**SHARED[flag], **changes})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pimm-fast", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_train(sub.add_parser("train", help="train a cascade model and report per-task AUC on held-out data"))
+    _add_compare(sub.add_parser("compare", help="train several models over several seeds; table with mean +- std "
+                                                "and Welch t-tests, results.json / .csv and plots"))
+    _add_predict(sub)
+
+    export = sub.add_parser("export", help="export a trained run's model as one .pt2 file (AOTInductor), for "
+                                            "predict --model, Python or C++ serving (docs/serving.md)")
+    export.add_argument("--checkpoint", type=Path, required=True, help="the run directory (--out of train)")
+    export.add_argument("--out", type=Path, required=True, help="the package to write (.pt2)")
+    export.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda"),
+                        help="kernels the package calls (auto: the fused kernels of --device, never the reference)")
+    export.add_argument("--device", default="cpu", help="device the package runs on (cpu or cuda)")
+
+    sub.add_parser("info", help="print what was built and which backends can run")
+    cache = sub.add_parser("cache", help="list or clear the cache of preprocessed data files")
+    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("names", nargs="*", help="clear: the entries to remove (default: all)")
+    cache.add_argument("--cache-dir", default=None,
+                       help="the cache directory (default $PIMM_FAST_CACHE_DIR or ~/.cache/pimm_fast)")
+    return parser
+
+
+def _add_train(train: argparse.ArgumentParser) -> None:
     train.add_argument("--data", default="synthetic:demo", action=_DataOption,
                        help="data spec (docs/data.md): synthetic[:demo|demo3|aliccp|industrial|funnel], aliccp-raw:DIR, "
                             "aitm-csv:DIR, rechub-csv:DIR, csv:PATH; options may follow as ?key=value&...")
-    train.add_argument("--samples", type=int, default=300_000,
-                       help="synthetic impressions (train + test); ignored by file sources")
+    shared(train, "--samples")
     data = train.add_argument_group("data options (folded into the --data spec as ?key=value)")
     data.add_argument("--labels", dest="labels", action=_DataOption, default=argparse.SUPPRESS,
                       help="csv: label columns in funnel order, comma-separated (e.g. click,purchase)")
@@ -72,296 +231,128 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pimm, shared_bottom, esmm, mmoe, ple, aitm or mncm (default: pimm)")
     train.add_argument("--backbone", default=None, choices=("towers", "mmoe", "ple"),
                        help="pimm only: what feeds the towers (default: towers, as in the paper)")
-    train.add_argument("--embedding-optimizer", default="adam", choices=("dense", "adam", "rowwise_adagrad", "sgd"),
-                       help="adam (default), rowwise_adagrad, sgd: a fused optimizer updates the touched rows of the "
-                            "table in the backward (lazy Adam: FusedEmbedding); dense: the table trains with the "
-                            "model's Adam like any parameter (slower)")
-    train.add_argument("--embedding-lr", type=float, default=None, help="fused optimizer lr (default: --lr)")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=1024)
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--embed-dim", type=int, default=5)
+    for flag in ("--embedding-optimizer", "--embedding-lr", "--epochs", "--batch-size", "--lr", "--embed-dim"):
+        shared(train, flag)
     train.add_argument("--tower-dims", type=_parse_dims, default=None,
                        help="tower widths (default: the model's, (128, 64, 32) for pimm)")
-    train.add_argument("--alpha", type=float, default=0.5, help="curriculum: initial p")
-    train.add_argument("--step", type=float, default=0.25, help="curriculum: decrease of p per epoch")
-    train.add_argument("--floor", type=float, default=0.25, help="curriculum: lower limit of p")
-    train.add_argument("--per-step-curriculum", action="store_true", help="decrease p every step, not per epoch")
-    train.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda", "triton"))
-    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    train.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    for flag in ("--alpha", "--step", "--floor", "--per-step-curriculum", "--backend", "--device", "--threads"):
+        shared(train, flag)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--no-progress", action="store_true")
+    shared(train, "--no-progress")
     train.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
-    from .distributed.command import add_arguments as add_distributed_arguments
 
-    add_distributed_arguments(train)  # --embedding torchrec, --distributed, --sharding, ...
-    from .train.experiments import add_compare_parser, add_predict_parsers, add_train_options
+    group = train.add_argument_group("TorchRec (docs/distributed.md)")
+    group.add_argument("--embedding", default=None, choices=("pimm", "torchrec"),
+                       help="pimm (default): pimm_fast's FieldEmbedding / FusedEmbedding; torchrec: FBGEMM "
+                            "table-batched embeddings with the optimizer fused (implied by --distributed)")
+    group.add_argument("--distributed", action="store_true",
+                       help="shard the tables over the processes of torchrun (TorchRec DistributedModelParallel), "
+                            "the dense part under DDP; gloo on CPU, NCCL on GPU")
+    group.add_argument("--sharding", default="auto", choices=SHARDING_CHOICES,
+                       help="--distributed: table placement (auto: the TorchRec planner chooses per table)")
+    group.add_argument("--dist-timeout", type=float, default=300.0,
+                       help="--distributed: seconds a collective may wait before the run stops with an error")
+    group.add_argument("--sharded-checkpoint", type=Path, default=None,
+                       help="--distributed: save a torch.distributed.checkpoint here after every epoch (with --out "
+                            "DIR they go to DIR/sharded)")
+    group.add_argument("--early-stopping-monitor", dest="monitor", default=argparse.SUPPRESS, metavar="MONITOR",
+                       help="--monitor under another name: torchrun's parser refuses --monitor (an abbreviation of "
+                            "its --monitor-interval) even after the module name")
+    group.add_argument("--resume-sharded", type=Path, default=None,
+                       help="--distributed: continue from a checkpoint of --sharded-checkpoint, or the run directory "
+                            "of a --distributed --out (any number of processes)")
 
-    add_train_options(train)
-    add_compare_parser(sub)
-    add_predict_parsers(sub)
-
-    export = sub.add_parser("export", help="export a trained run's model as one .pt2 file (AOTInductor), for "
-                                            "predict --model, Python or C++ serving (docs/serving.md)")
-    export.add_argument("--checkpoint", type=Path, required=True, help="the run directory (--out of train)")
-    export.add_argument("--out", type=Path, required=True, help="the package to write (.pt2)")
-    export.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda"),
-                        help="kernels the package calls (auto: the fused kernels of --device, never the reference)")
-    export.add_argument("--device", default="cpu", help="device the package runs on (cpu or cuda)")
-
-    sub.add_parser("info", help="print what was built and which backends can run")
-    cache = sub.add_parser("cache", help="list or clear the cache of preprocessed data files")
-    cache.add_argument("action", choices=("list", "clear"))
-    cache.add_argument("names", nargs="*", help="clear: the entries to remove (default: all)")
-    cache.add_argument("--cache-dir", default=None,
-                       help="the cache directory (default $PIMM_FAST_CACHE_DIR or ~/.cache/pimm_fast)")
-    return parser
-
-
-class _DataOption(argparse.Action):
-    """``--data`` and the data options: the options are folded into the spec (``?key=value&...``), so that
-    ``args.data`` alone names the source, whatever the order of the flags."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        options = dict(getattr(namespace, "_data_options", {}))
-        if self.dest == "data":
-            namespace._data_base = values
-        else:
-            options[self.dest] = values
-            namespace._data_options = options
-        base = getattr(namespace, "_data_base", None) or parser.get_default("data")
-        if options:
-            from urllib.parse import urlencode
-
-            base += ("&" if "?" in base else "?") + urlencode(options, safe=",/*")
-        namespace.data = base
+    group = train.add_argument_group("validation, regularisation, checkpoints")
+    for flag in ("--weight-decay", "--dropout", "--patience", "--monitor", "--lr-schedule"):
+        shared(group, flag)
+    group.add_argument("--lr-gamma", type=float, default=0.5, help="step schedule: factor per step")
+    group.add_argument("--lr-step-epochs", type=_positive_int, default=1, help="step schedule: epochs per step")
+    group.add_argument("--out", type=Path, default=None,
+                       help="run directory: checkpoint.pt (every epoch and --checkpoint-every steps), best.pt, "
+                            "config.json, results.json")
+    group.add_argument("--checkpoint-every", type=_non_negative_int, default=0,
+                       help="also checkpoint every N training steps (needs --out)")
+    group.add_argument("--resume", type=Path, default=None,
+                       help="continue the run in DIR from its checkpoint (its configuration; options that "
+                            "contradict it are an error)")
 
 
-def _load_options(spec: str, samples: int, seed: int) -> dict:
-    from .data.spec import accepts, parse_spec
-
-    kind, _, options = parse_spec(spec)
-    extra = {}
-    if kind == "synthetic" and "samples" not in options:
-        extra["samples"] = samples
-    if "seed" not in options and accepts(kind, "seed"):  # rechub-csv has fixed splits: no seed
-        extra["seed"] = seed
-    return extra
-
-
-def check_data_spec(spec: str, samples: int = 1, seed: int = 0) -> None:
-    """Check a data spec without reading data: its kind, options, their values and that its files exist."""
-    from .data.spec import _merge, _sources, parse_spec
-
-    try:
-        kind, arg, options = parse_spec(spec)
-        opts = _merge(kind, spec, options, _load_options(spec, samples, seed))
-        if kind == "csv" and "labels" not in opts:
-            raise UsageError(f"data spec {spec!r}: name the label columns in funnel order with --labels "
-                             f"(e.g. --labels click,purchase)")
-        if kind != "synthetic":
-            _sources(kind, arg, opts)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        raise UsageError(str(err)) from None
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", type=_models, default=DEFAULT_MODELS,
+                   help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="runs per model, seeds 0..K-1 (default 3)")
+    p.add_argument("--data", default="synthetic:funnel", help="data spec (default synthetic:funnel)")
+    shared(p, "--samples", type=_positive_int, help="synthetic impressions (default 300k)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the data split (the same for every run)")
+    shared(p, "--epochs", type=_positive_int)
+    p.add_argument("--out", type=Path, required=True, help="directory for results.json, results.csv and plots")
+    shared(p, "--lr", help="learning rate when there is no --lr-sweep")
+    p.add_argument("--lr-sweep", type=_lrs, default=None,
+                   help="comma-separated learning rates; each model keeps the best on validation (first seed)")
+    shared(p, "--batch-size", type=_positive_int, default=2048)
+    shared(p, "--embed-dim", type=_positive_int)
+    for flag in ("--embedding-optimizer", "--embedding-lr", "--weight-decay", "--dropout", "--patience", "--monitor",
+                 "--lr-schedule", "--alpha", "--step", "--floor", "--per-step-curriculum", "--backend", "--device"):
+        shared(p, flag)
+    shared(p, "--threads", type=_positive_int,
+           help="torch threads in all (default: all cores), split among the --jobs processes")
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="runs trained at once, each in its own process with threads / jobs threads (default: one per "
+                        "core, at most 8, on the CPU; 1 on a GPU). Small models train faster as one-thread processes "
+                        "side by side than as one process whose threads wait for each other")
+    shared(p, "--no-progress")
 
 
-def load_data(spec: str, samples: int, seed: int, quiet: bool = False):
-    """The splits (train, valid, test) of a data spec; bad specs and unreadable data raise UsageError with the reason. The
-    drop report (every dropped or altered row, by reason and split) is printed (unless ``quiet``: compare's
-    workers load what the parent has loaded and reported) and kept in ``train.meta['report']``."""
-    from .data import DataFormatError, load
-
-    log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
-    try:
-        splits = load(spec, log=log, **_load_options(spec, samples, seed))
-    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, DataFormatError) as err:
-        raise UsageError(str(err)) from None
-    for line in splits.report_lines():
-        log(f"data: {line}")
-    splits.train.meta["report"] = splits.report
-    return splits
-
-
-def check_output_path(path: Optional[Path], option: str = "--output") -> None:
-    """Fail before any work if ``path`` cannot be written: a directory, or a place without write access."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a directory; give a file name (e.g. {path / 'results.json'})")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {path} exists and is not writable")
-    parent = path.parent.resolve() if str(path.parent) else Path.cwd()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{option} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot create files in {parent} (no write permission)")
+def _add_predict(sub) -> None:
+    e = sub.add_parser("evaluate", help="metrics of a trained run on the test split of a data spec")
+    e.add_argument("--checkpoint", type=Path, required=True,
+                   help="run directory (best.pt, else checkpoint.pt) or a .pt file")
+    e.add_argument("--data", default=None, help="data spec (default: the run's own data)")
+    e.add_argument("--output", type=Path, default=None, help="also write the metrics as JSON here")
+    e.add_argument("--device", default=DEVICE)
+    e.add_argument("--threads", type=_positive_int, default=None)
+    p = sub.add_parser("predict", help="probabilities of every task for every row of a data spec's test split")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="run directory (best.pt, else checkpoint.pt) or a .pt file")
+    p.add_argument("--model", type=Path, default=None, help="an exported model (FILE.pt2, pimm-fast export)")
+    p.add_argument("--data", default=None, help="data spec (default: the run's own data)")
+    p.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.parquet")
+    p.add_argument("--device", default=DEVICE)
+    p.add_argument("--threads", type=_positive_int, default=None)
 
 
-def build_model(args: argparse.Namespace, train):
-    """The model named by --model over the data's fields, with the fused embedding if asked for."""
-    import pimm_fast
-    from .models import build_model as by_name
-
-    field_dims = train.model_field_dims  # single-valued fields, then multi-valued ones (mean-pooled bags)
-    pooling = ["sum"] * len(train.field_dims) + ["mean"] * len(train.bag_names)
-    kwargs = {"embed_dim": args.embed_dim, "backend": args.backend, "task_names": train.task_names}
-    if train.dense is not None:
-        kwargs.update(num_dense=train.num_dense, dense_names=train.dense_names)
-    if args.tower_dims is not None:
-        kwargs["tower_dims"] = args.tower_dims
-    if getattr(args, "dropout", 0.0):
-        kwargs["dropout"] = args.dropout
-    if getattr(args, "embedding", None) == "torchrec" or getattr(args, "distributed", False):
-        from .distributed.command import torchrec_embedding_from_args
-
-        kwargs["embedding"] = torchrec_embedding_from_args(args, train, sharded=getattr(args, "distributed", False))
-    elif args.embedding_optimizer != "dense":
-        kwargs["embedding"] = pimm_fast.FusedEmbedding(
-            field_dims, args.embed_dim, optimizer=args.embedding_optimizer, pooling=pooling,
-            lr=args.embedding_lr if args.embedding_lr is not None else args.lr, backend=args.backend)
-    elif train.bags:
-        kwargs["embedding"] = pimm_fast.FieldEmbedding(field_dims, args.embed_dim, backend=args.backend,
-                                                       pooling=pooling)
-    name = args.model.strip().lower().replace("-", "_")
-    if name == "pimm":
-        kwargs["curriculum"] = pimm_fast.Curriculum(args.alpha, args.step, args.floor)
-        if args.backbone is not None:
-            kwargs["backbone"] = args.backbone
-    elif args.backbone is not None:
-        raise UsageError("--backbone applies to --model pimm only")
-    try:
-        model = by_name(name, field_dims, num_tasks=train.num_tasks, **kwargs)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if model.dense_input is not None:  # standardisation fitted on the training split only
-        model.dense_input.fit(train.dense)
-    return model
+def given_options(argv: Sequence[str]) -> dict:
+    """The options of the command in ``argv`` present on the command line (dest -> value as parsed), whatever
+    their defaults: train --resume compares them with the checkpoint, --embedding torchrec keeps an explicit
+    --embedding-optimizer."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for sub in commands.values():
+        for action in sub._actions:
+            if action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return {k: v for k, v in vars(parser.parse_args(list(argv))).items() if k != "command"}
 
 
-def check_train_args(args: argparse.Namespace) -> None:
-    """Every option of ``train`` checked before any data are read; a bad one raises UsageError."""
-    import pimm_fast
-    from .models import MODELS
+# --------------------------------------------------------------------------------------------------------
+# dispatch: each command's module is imported only when it runs
 
-    for name in ("epochs", "batch_size", "embed_dim"):
-        value = getattr(args, name)
-        if value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    if args.samples < 1:
-        raise UsageError(f"--samples must be >= 1, got {args.samples}")
-    for name in ("lr", "embedding_lr"):
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
-    try:
-        pimm_fast.Curriculum(args.alpha, args.step, args.floor)
-    except ValueError as err:
-        raise UsageError(f"--alpha/--step/--floor: {err}") from None
-    model = args.model.strip().lower().replace("-", "_")
-    if model not in MODELS:
-        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(MODELS)}")
-    if args.backbone is not None and model != "pimm":
-        raise UsageError("--backbone applies to --model pimm only")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UsageError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:0, ...)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA "
-                             f"device(s)")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {args.device}: only cpu and cuda devices are supported")
-    try:
-        pimm_fast.ops.resolve_backend(args.backend, device)
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(f"--backend {args.backend}: {err}") from None
-    check_data_spec(args.data, args.samples, args.seed)
-    from .data.spec import parse_spec
-
-    policy = parse_spec(args.data)[2].get("policy")
-    if policy == "keep" and MODELS[model].requires_cascade:
-        need = [n for n, cls in MODELS.items() if cls.requires_cascade]
-        free = [n for n, cls in MODELS.items() if not cls.requires_cascade]
-        raise UsageError(f"--cascade-policy keep keeps rows that break the cascade, which {model} cannot train on "
-                         f"({', '.join(need)} assume the cascade: PIMM feeds y_(t-1), ESMM multiplies stages, "
-                         f"AITM/MNCM calibrate yhat_t <= yhat_(t-1)); use --model {' / '.join(free)}, or "
-                         f"--cascade-policy drop")
-    check_output_path(args.output)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .distributed.command import check_args as check_distributed_args, run as run_distributed
-    from .train.commands import cmd_train as run
-
-    check_distributed_args(args)
-    if getattr(args, "resume", None) is None:  # a resumed run's options come from its checkpoint
-        check_train_args(args)
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from .commands.train import cmd_train as command
+    elif args.command == "compare":
+        from .commands.compare import cmd_compare as command
+    elif args.command == "evaluate":
+        from .commands.predict import cmd_evaluate as command
+    elif args.command == "predict":
+        from .commands.predict import cmd_predict as command
+    elif args.command == "export":
+        from .commands.export import cmd_export as command
+    elif args.command == "info":
+        from .commands.info import cmd_info as command
     else:
-        check_output_path(args.output)
-    return run_distributed(args) if args.distributed else run(args)
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .train.experiments import cmd_compare as run
-
-    return run(args)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .train.commands import cmd_evaluate as run
-
-    return run(args)
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from .train.commands import cmd_predict as run
-
-    return run(args)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from .export import cmd_export as run
-
-    return run(args)
-
-
-def cmd_info(_: argparse.Namespace) -> int:
-    import pimm_fast
-
-    print(json.dumps(pimm_fast.build_info(), indent=2))
-    return 0
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    from .data import cache
-
-    root = Path(args.cache_dir) if args.cache_dir else cache.default_cache_root()
-    if args.action == "list":
-        if args.names:
-            raise UsageError("cache list takes no names")
-        listed = cache.entries(root)
-        total = sum(e["bytes"] for e in listed)
-        print(f"{root}: {len(listed)} entr{'y' if len(listed) == 1 else 'ies'}, {total / 2**20:,.1f} MiB "
-              f"(limit {cache.max_bytes() / 2**30:,.1f} GiB; least recently used first)")
-        for e in listed:
-            print(f"  {e['name']}  {e['bytes'] / 2**20:>10,.1f} MiB  used "
-                  f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e['last_used']))}  {e['spec']}")
-        return 0
-    try:
-        removed = cache.clear(root, args.names or None)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    print(f"{root}: removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
-    return 0
+        from .commands.cache import cmd_cache as command
+    return command(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -371,14 +362,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-        args._argv = argv  # train --resume tells the options given from the defaults
-        return {"train": cmd_train, "compare": cmd_compare, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "export": cmd_export, "info": cmd_info, "cache": cmd_cache}[args.command](args)
+        if args.command == "train":
+            args._given = given_options(argv)
+        return _run(args)
     except (UsageError, DataFormatError, FloatingPointError) as err:  # FloatingPointError: TrainingDiverged
         message = " ".join(str(err).split())  # one line, whatever the message held
         print(f"pimm-fast: error: {message}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

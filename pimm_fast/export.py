@@ -725,45 +725,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return selfcheck(args.device, Path(tmp), args.fast, args.jobs, names)
 
 
-# ----------------------------------------------------------------------------------------------
-# pimm-fast export --checkpoint DIR --out model.pt2
-# ----------------------------------------------------------------------------------------------
-def _fail(message: str):
-    """A user error: ``pimm-fast`` prints it as one line and exits with status 2."""
-    from .errors import UsageError
-
-    raise UsageError(message)
-
-
-def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu"):
-    """(model, field_names) of a training run directory (its best epoch where the run kept one), rebuilt
-    the way ``pimm-fast evaluate`` and ``predict`` rebuild it (pimm_fast.train.commands)."""
-    from .train.commands import load_run_model
-
-    model, _, _, test, splits = load_run_model(Path(directory), None, device)
-    names = list(splits.field_names) + list(test.bag_names)  # single-valued fields, then the bags
-    return model.to(device).eval(), names if names and len(names) == len(test.model_field_dims) else None
-
-
-def cmd_export(args) -> int:
-    """``pimm-fast export``: a run's checkpoint -> an AOTInductor package."""
-    import time
-
-    if args.out.suffix != ".pt2":
-        _fail(f"--out must name a .pt2 file, got {args.out}")
-    model, field_names = model_from_checkpoint(args.checkpoint, args.device)
-    started = time.perf_counter()
-    try:
-        save(model, args.out, backend=args.backend, field_names=field_names)
-    except ExportError as err:
-        _fail(str(err))
-    meta = read_metadata(args.out)
-    bags = f" ({meta['num_bag_fields']} of them bags)" if meta["num_bag_fields"] else ""
-    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields{bags}, tasks "
-          f"{' -> '.join(meta['task_names'])}, "
-          f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
-    return 0
-
-
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -183,13 +183,3 @@ def describe() -> dict:
 
     return {"openmp_wait": wait_policy(), "threads": torch.get_num_threads(), "cores": available_cores()}
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The ``pimm-fast`` command: the CLI with pimm_fast's OpenMP defaults and thread count."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] not in ("info", "-h", "--help"):  # commands that compute
-        relaunch_with_defaults(args)
-        configure_threads()  # the CLI's --threads, when given, overrides this
-    from .cli import main as cli_main
-
-    return cli_main(args)

@@ -600,7 +600,7 @@ def test_cli_export_and_predict_with_bags(tmp_path, capsys):
 @needs_cpp
 def test_cli_export_from_a_checkpoint(tmp_path):
     from pimm_fast import cli
-    from pimm_fast.train.commands import load_run_model
+    from pimm_fast.commands.run import load_run_model
 
     run = tmp_path / "run"
     assert cli.main(["train", "--data", "synthetic:demo", "--samples", "3000", "--model", "esmm", "--embed-dim", "4",

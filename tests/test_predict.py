@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pimm_fast.cli import load_data, main
+from pimm_fast.cli import main
+from pimm_fast.commands.run import load_data, load_run_model
 from pimm_fast.train import predict
-from pimm_fast.train.commands import load_run_model
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from . import require_torchrec
+from .checkpoint import load_in_one_process
 from .embedding import TorchRecEmbedding, table_init
 
 require_torchrec()
@@ -376,16 +377,6 @@ def restore(sm: ShardedModel, saved: dict) -> None:
             raise RuntimeError(f"snapshot of {key!r} has {len(tensors)} shard(s), the model {len(shards)}")
         for (_, dst), src in zip(shards, tensors):
             dst.copy_(src)
-
-
-def load_in_one_process(state: dict, path: Path) -> None:
-    """``dcp.load`` of ``state`` from ``path`` without a process group (its warning that it assumes one
-    process is silenced: it does)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*load in a single process")
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
 
 
 def load_into_local(model: nn.Module, path: Path) -> None:

@@ -30,6 +30,8 @@ VERSION = 1
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.json"
+RESULTS = "results.json"  # a run's (and compare's) report
+SHARDED = "sharded"  # a train --distributed --out run directory's torch.distributed.checkpoint directories
 
 
 class CheckpointError(Exception):

@@ -27,186 +27,36 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from . import checkpoint as ckpt
-from .commands import _jsonable, build, fail, load_splits, train_config
+from ..errors import UsageError
 from ..runtime import available_cores
-from .stats import welch_t_test
-from .trainer import LR_SCHEDULES, Trainer, check_monitor, evaluate
+from ..train import checkpoint as ckpt
+from ..train.stats import welch_t_test
+from ..train.trainer import Trainer, check_monitor, evaluate
+from .run import DataRequest, RunConfig, build, jsonable
 
 SCHEMA = "pimm_fast.compare/1"
 METRICS = ("auc", "conditional_auc", "logloss", "ece", "funnel_violation")
-DEFAULT_MODELS = ("shared_bottom", "esmm", "mmoe", "ple", "aitm", "mncm", "pimm")
-
-
-# --------------------------------------------------------------------------------------------------------
-# options
-
-def _int_at_least(minimum: int):
-    """An argparse type: an integer >= ``minimum``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return value
-
-
-def _lrs(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated learning rates, got {text!r}") from None
-    if not values or not all(v > 0 and math.isfinite(v) for v in values) or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"expected distinct learning rates > 0, got {text!r}")
-    return values
-
-
-def _models(text: str) -> tuple[str, ...]:
-    from ..models.registry import MODELS
-
-    names = tuple(n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in MODELS]
-    if not names or unknown:
-        named = ", ".join(unknown) if unknown else repr(text)
-        raise argparse.ArgumentTypeError(f"unknown model(s) {named}; choose from "
-                                         f"{', '.join(MODELS)}")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"a model is named twice in {text!r}")
-    return names
-
-
-def add_train_options(train: argparse.ArgumentParser) -> None:
-    """The options of ``pimm-fast train`` about validation, regularisation, schedules and checkpoints."""
-    group = train.add_argument_group("validation, regularisation, checkpoints")
-    group.add_argument("--weight-decay", type=_non_negative, default=0.0,
-                       help="L2 weight decay of the dense Adam (not applied to a fused table)")
-    group.add_argument("--dropout", type=_fraction, default=0.0, help="dropout in towers and experts")
-    group.add_argument("--patience", type=_positive_int, default=None,
-                       help="stop after N epochs without a better validation number (default: run every epoch); "
-                            "the best validation epoch is restored before testing either way")
-    group.add_argument("--monitor", default="last",
-                       help="validation number of early stopping: last (the last task's AUC, default), mean (mean "
-                            "AUC over tasks), logloss (mean log loss) or a task name")
-    group.add_argument("--lr-schedule", default="none", choices=LR_SCHEDULES,
-                       help="cosine: per step from --lr to 0 over the run; step: x --lr-gamma every "
-                            "--lr-step-epochs epochs")
-    group.add_argument("--lr-gamma", type=float, default=0.5, help="step schedule: factor per step")
-    group.add_argument("--lr-step-epochs", type=_positive_int, default=1, help="step schedule: epochs per step")
-    group.add_argument("--out", type=Path, default=None,
-                       help="run directory: checkpoint.pt (every epoch and --checkpoint-every steps), best.pt, "
-                            "config.json, results.json")
-    group.add_argument("--checkpoint-every", type=_non_negative_int, default=0,
-                       help="also checkpoint every N training steps (needs --out)")
-    group.add_argument("--resume", type=Path, default=None,
-                       help="continue the run in DIR from its checkpoint (its configuration; options that "
-                            "contradict it are an error)")
-
-
-def add_compare_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("compare", help="train several models over several seeds; table with mean +- std and "
-                                       "Welch t-tests, results.json / .csv and plots")
-    p.add_argument("--models", type=_models, default=DEFAULT_MODELS,
-                   help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="runs per model, seeds 0..K-1 (default 3)")
-    p.add_argument("--data", default="synthetic:funnel", help="data spec (default synthetic:funnel)")
-    p.add_argument("--samples", type=_positive_int, default=300_000, help="synthetic impressions (default 300k)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the data split (the same for every run)")
-    p.add_argument("--epochs", type=_positive_int, default=3)
-    p.add_argument("--out", type=Path, required=True, help="directory for results.json, results.csv and plots")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate when there is no --lr-sweep")
-    p.add_argument("--lr-sweep", type=_lrs, default=None,
-                   help="comma-separated learning rates; each model keeps the best on validation (first seed)")
-    p.add_argument("--batch-size", type=_positive_int, default=2048)
-    p.add_argument("--embed-dim", type=_positive_int, default=5)
-    p.add_argument("--embedding-optimizer", default="adam", choices=("dense", "adam", "rowwise_adagrad", "sgd"))
-    p.add_argument("--embedding-lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=_non_negative, default=0.0)
-    p.add_argument("--dropout", type=_fraction, default=0.0)
-    p.add_argument("--patience", type=_positive_int, default=None)
-    p.add_argument("--monitor", default="last")
-    p.add_argument("--lr-schedule", default="none", choices=LR_SCHEDULES)
-    p.add_argument("--alpha", type=float, default=0.5, help="PIMM curriculum: initial p")
-    p.add_argument("--step", type=float, default=0.25, help="PIMM curriculum: decrease of p per epoch")
-    p.add_argument("--floor", type=float, default=0.25, help="PIMM curriculum: lower limit of p")
-    p.add_argument("--per-step-curriculum", action="store_true")
-    p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda", "triton"))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch threads in all (default: all cores), split among the --jobs processes")
-    p.add_argument("--jobs", type=_positive_int, default=None,
-                   help="runs trained at once, each in its own process with threads / jobs threads (default: one per "
-                        "core, at most 8, on the CPU; 1 on a GPU). Small models train faster as one-thread processes "
-                        "side by side than as one process whose threads wait for each other")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
-def add_predict_parsers(sub) -> None:
-    e = sub.add_parser("evaluate", help="metrics of a trained run on the test split of a data spec")
-    e.add_argument("--checkpoint", type=Path, required=True,
-                   help="run directory (best.pt, else checkpoint.pt) or a .pt file")
-    e.add_argument("--data", default=None, help="data spec (default: the run's own data)")
-    e.add_argument("--output", type=Path, default=None, help="also write the metrics as JSON here")
-    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    e.add_argument("--threads", type=_positive_int, default=None)
-    p = sub.add_parser("predict", help="probabilities of every task for every row of a data spec's test split")
-    p.add_argument("--checkpoint", type=Path, default=None,
-                   help="run directory (best.pt, else checkpoint.pt) or a .pt file")
-    p.add_argument("--model", type=Path, default=None, help="an exported model (FILE.pt2, pimm-fast export)")
-    p.add_argument("--data", default=None, help="data spec (default: the run's own data)")
-    p.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.parquet")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=_positive_int, default=None)
 
 
 # --------------------------------------------------------------------------------------------------------
 # runs
 
-def _run_config(args: argparse.Namespace, model: str, seed: int, lr: float) -> dict:
-    return {"data": args.data, "samples": args.samples, "model": model, "backbone": None,
-            "embedding_optimizer": args.embedding_optimizer, "embedding_lr": args.embedding_lr, "epochs": args.epochs,
-            "batch_size": args.batch_size, "lr": lr, "weight_decay": args.weight_decay, "dropout": args.dropout,
-            "embed_dim": args.embed_dim, "tower_dims": None, "alpha": args.alpha, "step": args.step,
-            "floor": args.floor, "per_step_curriculum": args.per_step_curriculum, "backend": args.backend,
-            "seed": seed, "patience": args.patience, "monitor": args.monitor, "lr_schedule": args.lr_schedule,
-            "lr_gamma": 0.5, "lr_step_epochs": 1, "checkpoint_every": 0}
+def _run_config(args: argparse.Namespace, model: str, seed: int, lr: float) -> RunConfig:
+    return RunConfig(data=args.data, samples=args.samples, model=model, embedding_optimizer=args.embedding_optimizer,
+                     embedding_lr=args.embedding_lr, epochs=args.epochs, batch_size=args.batch_size, lr=lr,
+                     weight_decay=args.weight_decay, dropout=args.dropout, embed_dim=args.embed_dim, alpha=args.alpha,
+                     step=args.step, floor=args.floor, per_step_curriculum=args.per_step_curriculum,
+                     backend=args.backend, seed=seed, patience=args.patience, monitor=args.monitor,
+                     lr_schedule=args.lr_schedule)
 
 
-def run_one(config: dict, splits, device: str, progress: bool, position: int = 1) -> dict:
+def run_one(config: RunConfig, splits, device: str, progress: bool, position: int = 1) -> dict:
     """Train one model with one seed on the given splits; its validation curve and test metrics."""
-    torch.manual_seed(config["seed"])
-    model = build(config, splits.train, device)
-    tc = train_config(config, progress=progress)
+    torch.manual_seed(config.seed)
+    model = build(config, splits.train, device, training=True)
+    tc = config.train_config(progress=progress)
     trainer = Trainer(model, splits.train, tc, valid=splits.valid,
-                      desc=f"{config['model']} seed {config['seed']} lr {config['lr']:g}", position=position)
+                      desc=f"{config.model} seed {config.seed} lr {config.lr:g}", position=position)
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # single-class validation tasks: reported as null
@@ -216,7 +66,7 @@ def run_one(config: dict, splits, device: str, progress: bool, position: int = 1
     curve = [{"epoch": r["epoch"], "train_loss": r["train_loss"], "seconds": r["seconds"], "p": r.get("p"),
               "monitor": r.get("monitor"), "valid_auc": r["valid"]["auc"] if "valid" in r else None}
              for r in history]
-    return {"model": config["model"], "seed": config["seed"], "lr": config["lr"], "seconds": seconds,
+    return {"model": config.model, "seed": config.seed, "lr": config.lr, "seconds": seconds,
             "epochs_run": len(history), "best_epoch": trainer.early["best_epoch"],
             "best_valid": trainer.early["best"], "stopped_early": trainer.early["stopped"],
             "history": curve, "p_trace": [list(x) for x in trainer.p_trace], "test": test}
@@ -231,10 +81,10 @@ def _init_worker(spec: str, samples: int, split_seed: int, threads: int, slots, 
     with slots.get_lock():
         slot = slots.value
         slots.value += 1
-    _WORKER.update(splits=load_splits(spec, samples, split_seed, quiet=True), slot=slot, progress=progress)
+    _WORKER.update(splits=DataRequest.parse(spec, samples, split_seed).load(quiet=True), slot=slot, progress=progress)
 
 
-def _worker_run(config: dict, device: str) -> dict:
+def _worker_run(config: RunConfig, device: str) -> dict:
     return run_one(config, _WORKER["splits"], device, _WORKER["progress"], position=_WORKER["slot"] + 1)
 
 
@@ -435,18 +285,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.jobs = 1 if str(args.device).startswith("cuda") else max(1, min(8, args.threads or available_cores()))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        fail(f"--out {out} exists and is not a directory")
+        raise UsageError(f"--out {out} exists and is not a directory")
     if args.lr_sweep is None and not args.lr > 0:
-        fail(f"--lr must be > 0, got {args.lr}")
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
     started = time.perf_counter()
-    splits = load_splits(args.data, args.samples, args.split_seed)
+    splits = DataRequest.parse(args.data, args.samples, args.split_seed).load()
     if splits.valid is None or len(splits.valid) == 0:
-        fail(f"compare needs a validation split and {args.data} has none (valid_fraction=0)")
+        raise UsageError(f"compare needs a validation split and {args.data} has none (valid_fraction=0)")
     task_names = list(splits.train.task_names)
     try:
         check_monitor(args.monitor, task_names)
     except ValueError as err:
-        fail(f"--monitor: {err}")
+        raise UsageError(f"--monitor: {err}")
     seeds = list(range(args.seeds))
     lrs = list(args.lr_sweep) if args.lr_sweep else [args.lr]
     progress = not args.no_progress
@@ -499,17 +349,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "rows": {"train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test)},
         "tasks": task_names, "last_task": task_names[-1], "seeds": seeds, "epochs": args.epochs,
         "monitor": args.monitor, "lr_sweep": list(args.lr_sweep) if args.lr_sweep else None,
-        "config": _jsonable({k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}),
+        "config": jsonable({k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}),
         "oracle_auc": oracle if any(v is not None for v in oracle.values()) else None,
         "best_model": best, "models": summary,
         "timing": {"seconds": seconds, "runs": total, "jobs": args.jobs, "threads": _threads(args),
                    "device": args.device, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
     }
-    ckpt.save_json(out / "results.json", _jsonable(results))
+    ckpt.save_json(out / ckpt.RESULTS, jsonable(results))
     write_csv(out / "results.csv", summary, task_names, seeds)
     plots = write_plots(out, summary, runs, task_names, oracle, args.monitor)
-    print(f"wrote {out / 'results.json'}, results.csv" + (", " + ", ".join(plots) if plots else ""))
+    print(f"wrote {out / ckpt.RESULTS}, results.csv" + (", " + ", ".join(plots) if plots else ""))
     return 0
 
 

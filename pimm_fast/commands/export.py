@@ -1,0 +1,39 @@
+"""``pimm-fast export --checkpoint DIR --out model.pt2``: a run's model as an AOTInductor package
+(pimm_fast/export.py)."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Union
+
+from .. import export
+from ..errors import UsageError
+from .run import load_run_model
+
+
+def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu"):
+    """(model, field_names) of a training run directory (its best epoch where the run kept one), rebuilt
+    the way ``pimm-fast evaluate`` and ``predict`` rebuild it (:func:`.run.load_run_model`)."""
+    model, _, _, test, splits = load_run_model(Path(directory), None, device)
+    names = list(splits.field_names) + list(test.bag_names)  # single-valued fields, then the bags
+    return model.to(device).eval(), names if names and len(names) == len(test.model_field_dims) else None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``pimm-fast export``: a run's checkpoint -> an AOTInductor package."""
+    if args.out.suffix != ".pt2":
+        raise UsageError(f"--out must name a .pt2 file, got {args.out}")
+    model, field_names = model_from_checkpoint(args.checkpoint, args.device)
+    started = time.perf_counter()
+    try:
+        export.save(model, args.out, backend=args.backend, field_names=field_names)
+    except export.ExportError as err:
+        raise UsageError(str(err)) from None
+    meta = export.read_metadata(args.out)
+    bags = f" ({meta['num_bag_fields']} of them bags)" if meta["num_bag_fields"] else ""
+    print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields{bags}, tasks "
+          f"{' -> '.join(meta['task_names'])}, "
+          f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
+    return 0

@@ -1,0 +1,415 @@
+"""What the commands share: the run configuration (:class:`RunConfig`), the data of a run (its spec parsed
+once, :class:`DataRequest`), the model a configuration names (:func:`build_model`), a run directory read
+back (:func:`load_run_model`, one-process or ``train --distributed``), and the report's table and JSON.
+
+A run is described by the options that define it (:class:`RunConfig`); they are stored in every checkpoint
+and in ``config.json`` (``to_dict``), and a resumed, evaluated or predicting process rebuilds the model and
+the data from them (``from_dict``). Options that only change how a process executes (threads, device,
+progress, where the JSON report goes) are not part of it and may differ on ``--resume``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import UsageError
+from ..train import checkpoint as ckpt
+from ..train.trainer import TrainConfig
+
+
+# --------------------------------------------------------------------------------------------------------
+# the run configuration
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The options that define a run. Keys an older checkpoint lacks take the defaults below (what such a
+    run trained with); keys it has that this version does not know are ignored."""
+
+    data: str
+    samples: int
+    model: str
+    backbone: Optional[str] = None
+    embedding: Optional[str] = None  # None / "pimm": pimm_fast's tables; "torchrec"
+    embedding_optimizer: str
+    embedding_lr: Optional[float] = None
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    embed_dim: int
+    tower_dims: Optional[tuple[int, ...]] = None
+    alpha: float
+    step: float
+    floor: float
+    per_step_curriculum: bool = False
+    backend: str
+    seed: int
+    patience: Optional[int] = None
+    monitor: str = "last"
+    lr_schedule: str = "none"
+    lr_gamma: float = 0.5
+    lr_step_epochs: int = 1
+    checkpoint_every: int = 0
+    distributed: Optional[dict] = field(default=None)  # train --distributed: processes, sharding, plan
+
+    def __post_init__(self):
+        if self.tower_dims is not None:
+            self.tower_dims = tuple(self.tower_dims)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **changes) -> "RunConfig":
+        """The run the parsed options of ``pimm-fast train`` (or ``changes``) describe."""
+        return cls(**{**{key: getattr(args, key) for key in RUN_KEYS if hasattr(args, key)}, **changes})
+
+    @classmethod
+    def from_dict(cls, stored: dict, source) -> "RunConfig":
+        """The configuration stored in a checkpoint or config.json (``source`` names it in errors)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in stored and f.default is dataclasses.MISSING]
+        if missing:
+            raise UsageError(f"{source} holds a run configuration without {', '.join(missing)} (it was not "
+                             f"written by pimm-fast train)")
+        return cls(**{k: v for k, v in stored.items() if k in names})
+
+    def to_dict(self) -> dict:
+        """JSON-able, as checkpoints and config.json store it (``distributed`` only for a --distributed run)."""
+        out = {key: getattr(self, key) for key in RUN_KEYS}
+        if self.tower_dims is not None:
+            out["tower_dims"] = list(self.tower_dims)
+        if self.distributed is not None:
+            out["distributed"] = self.distributed
+        return out
+
+    def train_config(self, progress: bool) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           seed=self.seed, per_step_curriculum=self.per_step_curriculum, progress=progress,
+                           patience=self.patience, monitor=self.monitor, lr_schedule=self.lr_schedule,
+                           lr_gamma=self.lr_gamma, lr_step_epochs=self.lr_step_epochs,
+                           checkpoint_every=self.checkpoint_every)
+
+
+# the options that define a run, in the order checkpoints store them
+RUN_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name != "distributed")
+
+
+# --------------------------------------------------------------------------------------------------------
+# data
+
+@dataclass(frozen=True)
+class DataRequest:
+    """A data spec parsed once, with the samples and seed a run gives it: checked without reading data
+    (:meth:`check`), then loaded (:meth:`load`)."""
+
+    spec: str
+    kind: str
+    arg: str
+    options: dict  # from the spec
+    given: dict  # samples / seed from the run's options, where the spec leaves them out
+
+    @classmethod
+    def parse(cls, spec: str, samples: int, seed: int) -> "DataRequest":
+        from ..data.spec import accepts, parse_spec
+
+        try:
+            kind, arg, options = parse_spec(spec)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        given = {}
+        if kind == "synthetic" and "samples" not in options:
+            given["samples"] = samples
+        if "seed" not in options and accepts(kind, "seed"):  # rechub-csv has fixed splits: no seed
+            given["seed"] = seed
+        return cls(spec, kind, arg, options, given)
+
+    def check(self) -> None:
+        """The spec's kind, options, their values and that its files exist; no data read."""
+        from ..data.spec import _merge, _sources
+
+        try:
+            opts = _merge(self.kind, self.spec, self.options, self.given)
+            if self.kind == "csv" and "labels" not in opts:
+                raise UsageError(f"data spec {self.spec!r}: name the label columns in funnel order with --labels "
+                                 f"(e.g. --labels click,purchase)")
+            if self.kind != "synthetic":
+                _sources(self.kind, self.arg, opts)
+        except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+            raise UsageError(str(err)) from None
+
+    def load(self, quiet: bool = False):
+        """The splits (train, valid, test); unreadable data raise UsageError with the reason. The drop report
+        (every dropped or altered row, by reason and split) is printed (unless ``quiet``: compare's workers
+        load what the parent has loaded and reported) and kept in ``train.meta['report']``."""
+        from ..data import DataFormatError, load
+
+        log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
+        try:
+            splits = load(self.spec, log=log, **self.given)
+        except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, DataFormatError) as err:
+            raise UsageError(str(err)) from None
+        for line in splits.report_lines():
+            log(f"data: {line}")
+        splits.train.meta["report"] = splits.report
+        return splits
+
+
+def load_data(spec: str, samples: int, seed: int, quiet: bool = False):
+    """The splits of a data spec (:meth:`DataRequest.load`)."""
+    return DataRequest.parse(spec, samples, seed).load(quiet=quiet)
+
+
+def check_validation(config: RunConfig, valid, task_names) -> None:
+    """--patience and --monitor against the loaded data (train and train --distributed)."""
+    from ..train.trainer import check_monitor
+
+    if config.patience is not None and valid is None:
+        raise UsageError("--patience needs a validation split; the data has none (valid_fraction=0)")
+    try:
+        check_monitor(config.monitor, task_names)
+    except ValueError as err:
+        raise UsageError(f"--monitor: {err}") from None
+
+
+def check_output_path(path: Optional[Path], option: str = "--output") -> None:
+    """Fail before any work if ``path`` cannot be written: a directory, or a place without write access."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory; give a file name (e.g. {path / ckpt.RESULTS})")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path} exists and is not writable")
+    parent = path.parent.resolve() if str(path.parent) else Path.cwd()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot create files in {parent} (no write permission)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# the model
+
+def fused_optimizer_name(name: str, device: torch.device, chosen: bool) -> str:
+    """The TorchRec table optimizer: ``name`` when it was chosen (given, or picked for this device) and is
+    not "dense"; else (and for "dense": the table trained by the dense Adam, which TorchRec does not do) lazy
+    Adam on GPU and row-wise Adagrad on CPU, where FBGEMM fuses no Adam. A model rebuilt to be scored
+    (``chosen=False``) takes this device's default: its optimizer does not matter and may not exist here."""
+    if name != "dense" and (chosen or device.type == "cuda"):
+        return name
+    return "adam" if device.type == "cuda" else "rowwise_adagrad"
+
+
+def torchrec_embedding(config: RunConfig, data, device: str, sharded: bool, training: bool):
+    """The TorchRecEmbedding of --embedding torchrec / --distributed over ``data``'s fields."""
+    from ..distributed import torchrec_error
+
+    error = torchrec_error()
+    if error is not None:
+        raise UsageError(error)
+    from ..distributed.embedding import TorchRecEmbedding
+
+    pooling = ["sum"] * len(data.field_dims) + ["mean"] * len(data.bag_names)
+    device = torch.device(device)
+    optimizer = fused_optimizer_name(config.embedding_optimizer, device, chosen=training)
+    try:
+        return TorchRecEmbedding(data.model_field_dims, config.embed_dim, optimizer=optimizer, pooling=pooling,
+                                 lr=config.embedding_lr if config.embedding_lr is not None else config.lr,
+                                 seed=config.seed, sharded=sharded, device="cpu" if sharded else device)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def build_model(config: RunConfig, data, device: str = "cpu", sharded: bool = False, training: bool = False):
+    """The model ``config`` names over ``data``'s fields (a TorchRec table is built on ``device``, or sharded
+    later with ``sharded``), with the fused embedding if asked for; on the CPU, not moved."""
+    import pimm_fast
+    from ..models import build_model as by_name
+
+    field_dims = data.model_field_dims  # single-valued fields, then multi-valued ones (mean-pooled bags)
+    pooling = ["sum"] * len(data.field_dims) + ["mean"] * len(data.bag_names)
+    kwargs = {"embed_dim": config.embed_dim, "backend": config.backend, "task_names": data.task_names}
+    if data.dense is not None:
+        kwargs.update(num_dense=data.num_dense, dense_names=data.dense_names)
+    if config.tower_dims is not None:
+        kwargs["tower_dims"] = config.tower_dims
+    if config.dropout:
+        kwargs["dropout"] = config.dropout
+    if config.embedding == "torchrec" or sharded:
+        kwargs["embedding"] = torchrec_embedding(config, data, device, sharded=sharded, training=training)
+    elif config.embedding_optimizer != "dense":
+        kwargs["embedding"] = pimm_fast.FusedEmbedding(
+            field_dims, config.embed_dim, optimizer=config.embedding_optimizer, pooling=pooling,
+            lr=config.embedding_lr if config.embedding_lr is not None else config.lr, backend=config.backend)
+    elif data.bags:
+        kwargs["embedding"] = pimm_fast.FieldEmbedding(field_dims, config.embed_dim, backend=config.backend,
+                                                       pooling=pooling)
+    name = config.model.strip().lower().replace("-", "_")
+    if name == "pimm":
+        kwargs["curriculum"] = pimm_fast.Curriculum(config.alpha, config.step, config.floor)
+        if config.backbone is not None:
+            kwargs["backbone"] = config.backbone
+    elif config.backbone is not None:
+        raise UsageError("--backbone applies to --model pimm only")
+    try:
+        model = by_name(name, field_dims, num_tasks=data.num_tasks, **kwargs)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if model.dense_input is not None:  # standardisation fitted on the training split only
+        model.dense_input.fit(data.dense)
+    return model
+
+
+def build(config: RunConfig, data, device: str, training: bool = False):
+    """The model ``config`` names, over ``data``'s fields, on ``device``."""
+    return build_model(config, data, device, training=training).to(device)
+
+
+# --------------------------------------------------------------------------------------------------------
+# a run directory read back (evaluate, predict, export)
+
+def load_run_model(directory: Path, spec: Optional[str], device: str):
+    """(model, config, weights path, test split, splits) of a run directory (or .pt file) evaluated on
+    ``spec`` (default: the run's own data). A ``train --distributed --out`` directory is read without TorchRec
+    (:func:`_load_distributed_run`)."""
+    from ..distributed.checkpoint import is_run_directory, is_sharded_checkpoint
+
+    if is_run_directory(directory):  # train --distributed --out: sharded weights
+        return _load_distributed_run(Path(directory), spec, device)
+    if is_sharded_checkpoint(directory):
+        raise UsageError(f"{directory} is a --sharded-checkpoint directory, which holds no run configuration; "
+                         f"evaluate, predict and export read the run directory of train --distributed --out DIR")
+    try:
+        path = ckpt.model_checkpoint(Path(directory))
+        payload = ckpt.load(path)
+    except ckpt.CheckpointError as err:
+        raise UsageError(str(err)) from None
+    if not payload.get("config"):
+        raise UsageError(f"{path} holds no run configuration (it was not written by pimm-fast train)")
+    config = RunConfig.from_dict(payload["config"], path)
+    splits = DataRequest.parse(spec or config.data, config.samples, config.seed).load()
+    test = splits.test
+    expected = payload.get("model_info", {})
+    if list(test.model_field_dims) != list(expected.get("field_dims", test.model_field_dims)) or \
+            list(test.task_names) != list(expected.get("task_names", test.task_names)):
+        raise UsageError(f"the data {spec} does not fit the model in {path}: fields {list(test.model_field_dims)} / "
+                         f"tasks {list(test.task_names)}, the model has {expected.get('field_dims')} / "
+                         f"{expected.get('task_names')}")
+    trained_dense = expected.get("dense_names")
+    if trained_dense is None and not any(k.startswith("dense_input.") for k in payload["model"]):
+        trained_dense = []  # a checkpoint from before model_info named them: a model without dense input
+    if trained_dense is not None and list(test.dense_names) != list(trained_dense):
+        raise UsageError(
+            f"the data {spec or config.data} has the dense columns {list(test.dense_names)}, the model in {path} "
+            f"was trained with {list(trained_dense)}" +
+            (" (a run trained without dense columns, e.g. on rechub-csv before it read its D* columns, "
+             "evaluates with ?dense=none)" if not trained_dense else ""))
+    torch.manual_seed(config.seed)
+    model = build(config, test, device)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise UsageError(f"{path} does not fit the model its configuration names: "
+                         f"{str(err).splitlines()[0][:200]}") from None
+    return model, config, path, test, splits
+
+
+def _load_distributed_run(directory: Path, spec: Optional[str], device: str):
+    """:func:`load_run_model` of a ``train --distributed --out`` directory. The model is the run's model with
+    pimm_fast's own ``FieldEmbedding`` holding the tables (read whole, see
+    ``pimm_fast.distributed.checkpoint.read_sharded_weights``), so evaluate, predict and export score it like
+    a one-process run; the training state (optimizer) is not read."""
+    import json
+
+    from ..distributed.checkpoint import read_sharded_weights, run_weights
+
+    try:
+        stored = json.loads((directory / ckpt.CONFIG).read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{directory / ckpt.CONFIG} is not a readable run configuration ({err})") from None
+    config = RunConfig.from_dict(stored, directory / ckpt.CONFIG)
+    path = run_weights(directory)
+    splits = DataRequest.parse(spec or config.data, config.samples, config.seed).load()
+    test = splits.test
+    local = dataclasses.replace(config, embedding=None, embedding_optimizer="dense", distributed=None)  # FieldEmbedding
+    torch.manual_seed(config.seed)
+    model = build(local, test, device)
+    state = read_sharded_weights(path, config.embed_dim, len(test.model_field_dims))
+    if tuple(state["embedding.weight"].shape) != tuple(model.embedding.weight.shape):
+        raise UsageError(f"the data {spec or config.data} does not fit the model in {path}: its tables have "
+                         f"{state['embedding.weight'].shape[0]} rows in all, the data's fields "
+                         f"{sum(test.model_field_dims)}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UsageError(f"{path} does not fit the model its configuration names: "
+                         f"{str(err).strip().splitlines()[0][:200]}") from None
+    return model.to(device), config, path, test, splits
+
+
+# --------------------------------------------------------------------------------------------------------
+# reports
+
+def fmt(value, width: int, digits: int = 4) -> str:
+    text = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return f"{text:>{width}}"
+
+
+def format_table(result: dict) -> str:
+    """Per-task metrics as a text table (AUC, oracle AUC, AUC among the previous stage's positives, log loss,
+    expected calibration error, share of samples predicted above the previous stage, positives)."""
+    header = (f"{'task':<18}{'AUC':>8}{'oracle AUC':>12}{'cond. AUC':>11}{'logloss':>10}{'ECE':>9}"
+              f"{'yhat>prev':>11}{'positives':>11}")
+    lines = [header, "-" * len(header)]
+    T = len(result["tasks"])
+    for t, name in enumerate(result["tasks"]):
+        get = lambda key: result.get(key, [None] * T)[t]  # noqa: E731
+        lines.append(f"{name:<18}{fmt(get('auc'), 8)}{fmt(get('oracle_auc'), 12)}{fmt(get('conditional_auc'), 11)}"
+                     f"{fmt(get('logloss'), 10)}{fmt(get('ece'), 9)}{fmt(get('funnel_violation'), 11, 3)}"
+                     f"{result['positives'][t]:>11d}")
+    return "\n".join(lines)
+
+
+def report_run(config: RunConfig, backend: str, history: list, early: dict, result: dict, train, started: float,
+               run_dir: Optional[Path], output: Optional[Path], **extra) -> None:
+    """The end of a training run (train, train --distributed): the early-stopping line, the test table and the
+    time; the report (``extra`` added) in ``run_dir``/results.json and ``output``."""
+    import time
+
+    if early["best_epoch"] is not None:
+        stop = f"stopped early after epoch {len(history)}; " if early["stopped"] else ""
+        print(f"{stop}best validation epoch {early['best_epoch'] + 1} ({config.monitor} {early['best']:.4f}), "
+              f"restored", flush=True)
+    print("\nheld-out test set\n" + format_table(result))
+    print(f"\ntotal {time.perf_counter() - started:.1f} s")
+    payload = jsonable({"config": config.to_dict(), "backend": backend, "history": history, "early_stopping": early,
+                        "test": result, "data": {"report": train.meta.get("report", {}),
+                                                 "dense_names": list(train.dense_names)}, **extra})
+    if run_dir is not None:
+        ckpt.save_json(Path(run_dir) / ckpt.RESULTS, payload)
+    if output is not None:
+        ckpt.save_json(Path(output), payload)
+
+
+def jsonable(value):
+    """NaN and infinities become None (JSON has no NaN); tuples become lists; paths strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return jsonable(value.tolist())
+    return value

@@ -1,0 +1,175 @@
+"""``pimm-fast train``: every option checked before any data are read, then one process's run (a fresh one,
+or ``--resume DIR`` of its checkpoint); ``--distributed`` goes on in :mod:`.distributed`."""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import UsageError
+from ..train import checkpoint as ckpt
+from ..train.trainer import Trainer, evaluate
+from . import distributed
+from .run import RUN_KEYS, DataRequest, RunConfig, build, check_output_path, check_validation, fmt, report_run
+
+
+def check_train_args(args: argparse.Namespace) -> DataRequest:
+    """Every option of ``train`` checked before any data are read; a bad one raises UsageError. Returns the
+    data spec, parsed and checked."""
+    import pimm_fast
+    from ..models import MODELS
+
+    for name in ("epochs", "batch_size", "embed_dim"):
+        value = getattr(args, name)
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    for name in ("lr", "embedding_lr"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    try:
+        pimm_fast.Curriculum(args.alpha, args.step, args.floor)
+    except ValueError as err:
+        raise UsageError(f"--alpha/--step/--floor: {err}") from None
+    model = args.model.strip().lower().replace("-", "_")
+    if model not in MODELS:
+        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(MODELS)}")
+    if args.backbone is not None and model != "pimm":
+        raise UsageError("--backbone applies to --model pimm only")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:0, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {args.device}: only cpu and cuda devices are supported")
+    try:
+        pimm_fast.ops.resolve_backend(args.backend, device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--backend {args.backend}: {err}") from None
+    request = DataRequest.parse(args.data, args.samples, args.seed)
+    request.check()
+    if request.options.get("policy") == "keep" and MODELS[model].requires_cascade:
+        need = [n for n, cls in MODELS.items() if cls.requires_cascade]
+        free = [n for n, cls in MODELS.items() if not cls.requires_cascade]
+        raise UsageError(f"--cascade-policy keep keeps rows that break the cascade, which {model} cannot train on "
+                         f"({', '.join(need)} assume the cascade: PIMM feeds y_(t-1), ESMM multiplies stages, "
+                         f"AITM/MNCM calibrate yhat_t <= yhat_(t-1)); use --model {' / '.join(free)}, or "
+                         f"--cascade-policy drop")
+    check_output_path(args.output)
+    return request
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    distributed.check_args(args)
+    if args.resume is None:  # a resumed run's options come from its checkpoint
+        request = check_train_args(args)
+    else:
+        check_output_path(args.output)
+        request = None
+    return distributed.run(args, request) if args.distributed else train(args, request)
+
+
+def _resume_config(args: argparse.Namespace, payload: dict, source: Path) -> RunConfig:
+    """The checkpoint's configuration; an option given on the command line that contradicts it is an error."""
+    stored = dict(payload["config"])
+    given = {k: v for k, v in getattr(args, "_given", {}).items() if k in RUN_KEYS}
+    for key, value in given.items():
+        if key == "tower_dims" and value is not None:
+            value = list(value)
+        if key == "data" and value != stored.get("data"):
+            value = value.replace(argparse.SUPPRESS, "")
+            raise UsageError(f"--resume: the data ({value}) contradicts the checkpoint's {stored.get('data')!r}; "
+                             f"leave the data options out to continue that run")
+        if stored.get(key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"--resume: {flag} {value} contradicts the checkpoint's {stored.get(key)!r}; leave it "
+                             f"out to continue the run as it was configured")
+    return RunConfig.from_dict(stored, source)
+
+
+def train(args: argparse.Namespace, request: Optional[DataRequest]) -> int:
+    """One process's run: ``request`` is the checked data of a fresh run, None for ``--resume``."""
+    import pimm_fast
+
+    payload = None
+    if args.resume is not None:
+        out = Path(args.resume)
+        if args.out is not None and Path(args.out) != out:
+            raise UsageError(f"--out {args.out} with --resume {out}: a resumed run continues in its own directory")
+        try:
+            path = ckpt.run_checkpoint(out)
+            payload = ckpt.load(path, kind="checkpoint")
+        except ckpt.CheckpointError as err:
+            raise UsageError(str(err)) from None
+        config = _resume_config(args, payload, path)
+        for stale in out.glob(".*.tmp*"):  # what a process killed while writing left behind
+            stale.unlink(missing_ok=True)
+        if payload["train_state"].get("finished"):
+            raise UsageError(f"the run in {out} already finished (epoch {payload['train_state']['epoch']}); nothing "
+                             f"to resume (pimm-fast evaluate --checkpoint {out} prints its metrics)")
+        request = DataRequest.parse(config.data, config.samples, config.seed)
+    else:
+        config = RunConfig.from_args(args)
+        out = args.out
+        if out is not None and (Path(out) / ckpt.CHECKPOINT).exists():
+            raise UsageError(f"{out} already holds a run ({ckpt.CHECKPOINT}); continue it with --resume {out} or "
+                             f"choose another --out")
+    if config.checkpoint_every and out is None:
+        raise UsageError("--checkpoint-every needs --out DIR (where the checkpoints go)")
+    from ..runtime import configure_threads
+
+    # --threads, else OMP_NUM_THREADS, else one thread per 8192 samples of the batch (at most one per core)
+    configure_threads(args.threads, batch_size=config.batch_size)
+    device = args.device
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    splits = request.load()
+    train, valid, test = splits.train, splits.valid, splits.test
+    check_validation(config, valid, train.task_names)
+    model = build(config, train, device, training=True)
+    backend = pimm_fast.ops.resolve_backend(config.backend, device)
+    print(f"{type(model).__name__} on {config.data}: {len(train):,} train / "
+          f"{0 if valid is None else len(valid):,} valid / {len(test):,} test impressions, "
+          f"{len(train.field_dims)} fields" + (f" + {len(train.bag_names)} multi-valued" if train.bags else "") +
+          (f" + {train.num_dense} dense" if train.dense is not None else "") +
+          f", tasks {' -> '.join(train.task_names)}; backend {backend} on {device}, {torch.get_num_threads()} threads, "
+          f"embedding optimizer {config.embedding_optimizer}", flush=True)
+    tc = config.train_config(progress=not args.no_progress)
+
+    def report(epoch: int, record: dict) -> None:
+        line = (f"epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.4f}, p {record.get('p', 0):.3f}, "
+                f"{record['samples_per_second']:,.0f} samples/s")
+        if "valid" in record:
+            line += f", valid {tc.monitor} {fmt(record['monitor'], 0)}"
+        print(line, flush=True)
+
+    try:
+        trainer = Trainer(model, train, tc, valid=valid, out=out, run_config=config.to_dict(), on_epoch_end=report)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if payload is not None:
+        try:
+            trainer.load_state_dict(payload)
+        except ckpt.CheckpointError as err:
+            raise UsageError(str(err)) from None
+        print(f"resumed {out} at epoch {trainer.state['epoch'] + 1}, step {trainer.state['position']}", flush=True)
+    elif out is not None:
+        ckpt.save_json(Path(out) / ckpt.CONFIG, config.to_dict())
+    history = trainer.run()
+    result = evaluate(model, test)
+    report_run(config, backend, history, trainer.early, result, train, started, out, args.output)
+    return 0
