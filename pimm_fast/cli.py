@@ -108,6 +108,16 @@ def _models(text: str) -> tuple[str, ...]:
     return names
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated column names (each once)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not names or not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a column is named twice in {text!r}")
+    return names
+
+
 class _DataOption(argparse.Action):
     """``--data`` and the data options: the options are folded into the spec (``?key=value&...``), so that
     ``args.data`` alone names the source, whatever the order of the flags."""
@@ -311,11 +321,18 @@ def _add_predict(sub) -> None:
     e.add_argument("--output", type=Path, default=None, help="also write the metrics as JSON here")
     e.add_argument("--device", default=DEVICE)
     e.add_argument("--threads", type=_positive_int, default=None)
-    p = sub.add_parser("predict", help="probabilities of every task for every row of a data spec's test split")
+    p = sub.add_parser("predict", help="probabilities of every task for every row of a file (or of a data spec's "
+                                       "test split)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="run directory (best.pt, else checkpoint.pt) or a .pt file")
     p.add_argument("--model", type=Path, default=None, help="an exported model (FILE.pt2, pimm-fast export)")
-    p.add_argument("--data", default=None, help="data spec (default: the run's own data)")
+    p.add_argument("--data", default=None,
+                   help="a CSV or Parquet file (FILE or csv:FILE): every row, in order, labels optional, raw values "
+                        "encoded with the model's vocabulary; or a data spec: its test split (default: the run's "
+                        "own data)")
+    p.add_argument("--keep-columns", type=_names, default=None, metavar="A,B",
+                   help="file scoring: the columns copied into the output beside the probabilities (default: every "
+                        "column that is not a feature or dense column)")
     p.add_argument("--out", type=Path, required=True, help="FILE.csv or FILE.parquet")
     p.add_argument("--device", default=DEVICE)
     p.add_argument("--threads", type=_positive_int, default=None)

@@ -13,7 +13,7 @@ import torch
 from ..distributed import torchrec_error
 from ..distributed.checkpoint import is_run_directory
 from ..errors import UsageError
-from ..train.checkpoint import CHECKPOINT, CONFIG, SHARDED, save_json
+from ..train.checkpoint import CHECKPOINT, CONFIG, SHARDED, save_json, save_vocabulary
 from .run import DataRequest, RunConfig, build_model, check_validation, fused_optimizer_name, jsonable, report_run
 
 
@@ -177,7 +177,8 @@ def _train(args: argparse.Namespace, request: DataRequest, rank: int, world: int
     tc = config.train_config(progress=False)
 
     def report(epoch: int, record: dict) -> None:
-        line = (f"epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.4f}, p {record.get('p', 0):.3f}, "
+        p = f"p {record['p']:.3f}, " if "p" in record else ""  # PIMM's curriculum; other models have none
+        line = (f"epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.4f}, {p}"
                 f"{record['samples_per_second']:,.0f} samples/s over {world} process(es)")
         if "valid" in record:
             value = record["monitor"]
@@ -203,6 +204,8 @@ def _train(args: argparse.Namespace, request: DataRequest, rank: int, world: int
               f"process(es))", flush=True)
     if args.run_dir is not None and rank == 0 and not (args.run_dir / CONFIG).exists():
         save_json(args.run_dir / CONFIG, jsonable(config.to_dict()))
+        if splits.vocabulary is not None:  # the tables are sharded: the run directory holds the encoding
+            save_vocabulary(args.run_dir, splits.vocabulary)
     history = trainer.run()
     result = evaluate_distributed(sm, test)
     if rank == 0:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from ..errors import UsageError
 from ..train import checkpoint as ckpt
 from ..train.trainer import evaluate, predict
-from .run import format_table, jsonable, load_data, load_run_model
+from .run import DataRequest, format_table, jsonable, load_run_model
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -29,10 +29,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_predictions(path: Path, ids: torch.Tensor, id_names: Sequence[str], probs: torch.Tensor,
-                      task_names: Sequence[str]) -> None:
-    """Id columns then one ``p_<task>`` column per task, one row per sample in order; CSV or Parquet by
-    the file's extension; written to a temporary file and renamed (never half-written)."""
+def write_predictions(path: Path, columns: dict, probs: torch.Tensor, task_names: Sequence[str]) -> None:
+    """The passed-through ``columns`` (name -> array, one value per row) then one ``p_<task>`` column per task,
+    one row per sample in order; CSV or Parquet by the file's extension; written to a temporary file and
+    renamed (never half-written)."""
     try:
         import pyarrow as pa
     except ImportError:
@@ -40,12 +40,13 @@ def write_predictions(path: Path, ids: torch.Tensor, id_names: Sequence[str], pr
     kind = OUTPUT_FORMATS.get(Path(path).suffix.lower())
     if kind is None:
         raise ValueError(f"{path}: the predictions file must end in .csv, .parquet or .pq")
-    columns = {name: ids[:, f].numpy() for f, name in enumerate(id_names)}
+    out = dict(columns)
     for t, name in enumerate(task_names):
-        columns[f"p_{name}"] = probs[:, t].numpy()
-    if len(columns) != len(id_names) + len(task_names):
-        raise ValueError(f"column names collide: {list(id_names)} and p_<task> for tasks {list(task_names)}")
-    table = pa.table(columns)
+        out[f"p_{name}"] = probs[:, t].numpy()
+    if len(out) != len(columns) + len(task_names):
+        raise ValueError(f"column names collide: {list(columns)} and p_<task> for tasks {list(task_names)}; "
+                         f"leave the colliding column out with --keep-columns")
+    table = pa.table(out)
     if kind == "csv":
         import pyarrow.csv as pacsv
 
@@ -56,24 +57,83 @@ def write_predictions(path: Path, ids: torch.Tensor, id_names: Sequence[str], pr
         ckpt.atomic_write(Path(path), lambda f: pq.write_table(table, f))
 
 
+def scoring_file(data: Optional[str]) -> Optional[Path]:
+    """The file ``--data`` names when it is one CSV or Parquet file (``FILE`` or ``csv:FILE``, no options):
+    predict scores its every row. None for a data spec (a directory, a source kind, options), whose test split
+    is scored."""
+    if not data:
+        return None
+    text = data[len("csv:"):] if data.startswith("csv:") else data
+    if "?" in text or (":" in text.split("/")[0] and not data.startswith("csv:")):
+        return None  # options, or another source kind (synthetic:..., aitm-csv:...)
+    path = Path(text)
+    if path.is_file():
+        return path
+    if data.startswith("csv:") or path.suffix.lower() in (".csv", ".parquet", ".pq"):
+        raise UsageError(f"--data {data}: no such file")
+    return None
+
+
+def read_scoring_file(path: Path, vocabulary, keep_columns, source):
+    """:func:`pimm_fast.data.read_for_scoring`, with user errors as UsageError; a model without a vocabulary
+    (trained or exported before vocabularies were saved) cannot encode raw values."""
+    from ..data import DataFormatError, read_for_scoring
+
+    if vocabulary is None:
+        raise UsageError(f"{source} holds no vocabulary (it was trained or exported before pimm_fast saved one), "
+                         f"so raw values cannot be encoded; retrain it, or score a data spec (--data SPEC) whose "
+                         f"encoding matches the model")
+    try:
+        return read_for_scoring(path, vocabulary, keep_columns=keep_columns)
+    except (DataFormatError, FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+
+
+def unseen_line(table) -> str:
+    """How many cells of each field got the unseen code (values the training data did not have)."""
+    counted = {name: n for name, n in table.unseen.items() if n}
+    if not counted:
+        return "every value was seen in training"
+    return "values unseen in training (scored with the unseen code 0): " + ", ".join(
+        f"{name} {n:,} of {table.rows:,}" for name, n in counted.items())
+
+
+def score_batches(forward, x, dense, num_tasks: int, batch_size: int = 16384) -> torch.Tensor:
+    """``forward(ids, dense)`` over rows in batches, probabilities [N, T] float32 on the CPU."""
+    ids = torch.from_numpy(x).long()
+    d = None if dense is None else torch.from_numpy(dense)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(ids), batch_size):
+            rows = slice(start, start + batch_size)
+            out.append(forward(ids[rows], None if d is None else d[rows]).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, num_tasks)
+
+
+def _load_package(path: Path):
+    """``pimm_fast.export.load(path)`` with its errors as UsageError."""
+    try:
+        from .. import export
+    except ImportError as err:
+        raise UsageError(f"--model needs pimm_fast.export, which this installation lacks ({err})") from None
+    try:
+        return export.load(path)
+    except export.PackageError as err:
+        raise UsageError(str(err)) from None
+
+
 def _predict_exported(args: argparse.Namespace):
     """Probabilities of a ``.pt2`` package (``pimm_fast.export.load``) on the test split of ``--data``
     (with bag fields: ids, bag_values, bag_offsets, as ``pimm_fast.export.ExportedBagModel`` takes them)."""
     from ..data import Batcher
     from ..modules import JaggedIds
 
-    try:
-        from .. import export
-    except ImportError as err:
-        raise UsageError(f"--model needs pimm_fast.export, which this installation lacks ({err})") from None
     if not args.data:
-        raise UsageError("--model FILE.pt2 needs --data SPEC (the rows to score)")
-    try:
-        fn = export.load(args.model)
-    except export.PackageError as err:
-        raise UsageError(str(err)) from None
+        raise UsageError("--model FILE.pt2 needs --data (a file, or a data spec: the rows to score)")
+    fn = _load_package(args.model)
     meta = getattr(fn, "metadata", {})
-    splits = load_data(args.data, 300_000, 0)
+    # encoded with the package's vocabulary where it has one (columns matched by name, training codes)
+    splits = DataRequest.parse(args.data, 300_000, 0).load(vocabulary=getattr(fn, "vocabulary", None))
     test = splits.test
     if list(meta.get("field_dims", test.model_field_dims)) != list(test.model_field_dims) or \
             int(meta.get("num_bag_fields", 0)) != len(test.bag_names):
@@ -105,6 +165,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          "model)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    path = scoring_file(args.data)
+    if path is None and args.keep_columns is not None:
+        raise UsageError("--keep-columns applies to scoring a file (--data FILE.csv|.parquet), not a data spec's "
+                         "test split")
+    if path is not None:
+        return _predict_file(args, path)
     if args.model is not None:
         probs, test, splits, task_names = _predict_exported(args)
         source = args.model
@@ -114,9 +180,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
         task_names = list(test.task_names)
     names = list(splits.field_names) or [f"f{i}" for i in range(test.x.shape[1])]
     try:
-        write_predictions(Path(args.out), test.x, names, probs, task_names)
+        write_predictions(Path(args.out), {name: test.x[:, f].numpy() for f, name in enumerate(names)}, probs,
+                          task_names)
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(f"wrote {len(test):,} rows x ({len(names)} ids + {len(task_names)} probabilities) to {args.out} "
           f"(model {source})")
+    return 0
+
+
+def _predict_file(args: argparse.Namespace, path: Path) -> int:
+    """Every row of one file, in order, raw values encoded with the model's vocabulary (the run's, or the
+    package's), the key columns passed through."""
+    if args.model is not None:
+        fn = _load_package(args.model)
+        vocabulary, source = fn.vocabulary, args.model
+        if getattr(fn, "num_bag_fields", 0):
+            raise UsageError(f"{args.model} has multi-valued fields: score a data spec, not a file")
+        table = read_scoring_file(path, vocabulary, args.keep_columns, source)
+        task_names = list(fn.task_names)
+        probs = score_batches(lambda ids, dense: fn(ids, dense) if dense is not None else fn(ids), table.x,
+                              table.dense, len(task_names))
+    else:
+        from .run import open_run, run_model, vocabulary_data
+
+        run = open_run(Path(args.checkpoint))
+        source = run.path
+        table = read_scoring_file(path, run.vocabulary, args.keep_columns, source)
+        model = run_model(run, vocabulary_data(run.vocabulary), args.device).eval()
+        task_names = list(run.vocabulary.task_names)
+        device = next(model.parameters()).device
+        probs = score_batches(lambda ids, dense: model(ids.to(device), **({} if dense is None else
+                                                                          {"dense": dense.to(device)})),
+                              table.x, table.dense, len(task_names))
+    try:
+        write_predictions(Path(args.out), table.keys, probs, task_names)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(f"{path}: {table.rows:,} rows; {unseen_line(table)}")
+    print(f"wrote {table.rows:,} rows x ({len(table.keys)} kept columns + {len(task_names)} probabilities) to "
+          f"{args.out} (model {source})")
     return 0

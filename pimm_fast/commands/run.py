@@ -144,15 +144,18 @@ class DataRequest:
         except (ValueError, FileNotFoundError, NotADirectoryError) as err:
             raise UsageError(str(err)) from None
 
-    def load(self, quiet: bool = False):
+    def load(self, quiet: bool = False, vocabulary=None):
         """The splits (train, valid, test); unreadable data raise UsageError with the reason. The drop report
         (every dropped or altered row, by reason and split) is printed (unless ``quiet``: compare's workers
-        load what the parent has loaded and reported) and kept in ``train.meta['report']``."""
+        load what the parent has loaded and reported) and kept in ``train.meta['report']``. ``vocabulary``: a
+        trained model's, which encodes the files instead of one built from their training split (synthetic
+        data are generated already coded: it is not passed there)."""
         from ..data import DataFormatError, load
 
         log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
+        extra = {"vocabulary": vocabulary} if vocabulary is not None and self.kind != "synthetic" else {}
         try:
-            splits = load(self.spec, log=log, **self.given)
+            splits = load(self.spec, log=log, **self.given, **extra)
         except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, DataFormatError) as err:
             raise UsageError(str(err)) from None
         for line in splits.report_lines():
@@ -277,83 +280,128 @@ def build(config: RunConfig, data, device: str, training: bool = False):
 # --------------------------------------------------------------------------------------------------------
 # a run directory read back (evaluate, predict, export)
 
-def load_run_model(directory: Path, spec: Optional[str], device: str):
-    """(model, config, weights path, test split, splits) of a run directory (or .pt file) evaluated on
-    ``spec`` (default: the run's own data). A ``train --distributed --out`` directory is read without TorchRec
-    (:func:`_load_distributed_run`)."""
-    from ..distributed.checkpoint import is_run_directory, is_sharded_checkpoint
+@dataclass
+class SavedRun:
+    """A run directory (or .pt file) opened without its data: the configuration, the weights' path, the
+    checkpoint's payload (None for ``train --distributed``, whose weights are sharded), its vocabulary."""
 
+    config: RunConfig
+    path: Path
+    payload: Optional[dict]
+    vocabulary: object  # pimm_fast.data.Vocabulary, or None for a run trained before vocabularies were saved
+
+    @property
+    def model_info(self) -> dict:
+        return (self.payload or {}).get("model_info", {})
+
+
+def open_run(directory: Path) -> SavedRun:
+    """:class:`SavedRun` of a run directory: ``best.pt`` (else ``checkpoint.pt``), or a ``train --distributed
+    --out`` directory (config.json + sharded weights, read without TorchRec), or a .pt file."""
+    import json
+
+    from ..distributed.checkpoint import is_run_directory, is_sharded_checkpoint, run_weights
+
+    directory = Path(directory)
     if is_run_directory(directory):  # train --distributed --out: sharded weights
-        return _load_distributed_run(Path(directory), spec, device)
+        try:
+            stored = json.loads((directory / ckpt.CONFIG).read_text())
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{directory / ckpt.CONFIG} is not a readable run configuration ({err})") from None
+        config = RunConfig.from_dict(stored, directory / ckpt.CONFIG)
+        return SavedRun(config, run_weights(directory), None, run_vocabulary(directory, None, directory))
     if is_sharded_checkpoint(directory):
         raise UsageError(f"{directory} is a --sharded-checkpoint directory, which holds no run configuration; "
                          f"evaluate, predict and export read the run directory of train --distributed --out DIR")
     try:
-        path = ckpt.model_checkpoint(Path(directory))
+        path = ckpt.model_checkpoint(directory)
         payload = ckpt.load(path)
     except ckpt.CheckpointError as err:
         raise UsageError(str(err)) from None
     if not payload.get("config"):
         raise UsageError(f"{path} holds no run configuration (it was not written by pimm-fast train)")
-    config = RunConfig.from_dict(payload["config"], path)
-    splits = DataRequest.parse(spec or config.data, config.samples, config.seed).load()
-    test = splits.test
-    expected = payload.get("model_info", {})
-    if list(test.model_field_dims) != list(expected.get("field_dims", test.model_field_dims)) or \
-            list(test.task_names) != list(expected.get("task_names", test.task_names)):
-        raise UsageError(f"the data {spec} does not fit the model in {path}: fields {list(test.model_field_dims)} / "
-                         f"tasks {list(test.task_names)}, the model has {expected.get('field_dims')} / "
-                         f"{expected.get('task_names')}")
-    trained_dense = expected.get("dense_names")
-    if trained_dense is None and not any(k.startswith("dense_input.") for k in payload["model"]):
-        trained_dense = []  # a checkpoint from before model_info named them: a model without dense input
-    if trained_dense is not None and list(test.dense_names) != list(trained_dense):
-        raise UsageError(
-            f"the data {spec or config.data} has the dense columns {list(test.dense_names)}, the model in {path} "
-            f"was trained with {list(trained_dense)}" +
-            (" (a run trained without dense columns, e.g. on rechub-csv before it read its D* columns, "
-             "evaluates with ?dense=none)" if not trained_dense else ""))
-    torch.manual_seed(config.seed)
-    model = build(config, test, device)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise UsageError(f"{path} does not fit the model its configuration names: "
-                         f"{str(err).splitlines()[0][:200]}") from None
-    return model, config, path, test, splits
+    return SavedRun(RunConfig.from_dict(payload["config"], path), path, payload,
+                    run_vocabulary(directory, payload, path))
 
 
-def _load_distributed_run(directory: Path, spec: Optional[str], device: str):
-    """:func:`load_run_model` of a ``train --distributed --out`` directory. The model is the run's model with
-    pimm_fast's own ``FieldEmbedding`` holding the tables (read whole, see
-    ``pimm_fast.distributed.checkpoint.read_sharded_weights``), so evaluate, predict and export score it like
-    a one-process run; the training state (optimizer) is not read."""
-    import json
-
-    from ..distributed.checkpoint import read_sharded_weights, run_weights
+def run_vocabulary(directory: Path, payload: Optional[dict], where: Path):
+    """The :class:`~pimm_fast.data.Vocabulary` a run was trained with (its checkpoint's, else the run
+    directory's ``vocabulary.txt``), or None for a run trained before vocabularies were saved."""
+    from ..data import DataFormatError, Vocabulary
 
     try:
-        stored = json.loads((directory / ckpt.CONFIG).read_text())
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{directory / ckpt.CONFIG} is not a readable run configuration ({err})") from None
-    config = RunConfig.from_dict(stored, directory / ckpt.CONFIG)
-    path = run_weights(directory)
-    splits = DataRequest.parse(spec or config.data, config.samples, config.seed).load()
-    test = splits.test
-    local = dataclasses.replace(config, embedding=None, embedding_optimizer="dense", distributed=None)  # FieldEmbedding
-    torch.manual_seed(config.seed)
-    model = build(local, test, device)
-    state = read_sharded_weights(path, config.embed_dim, len(test.model_field_dims))
-    if tuple(state["embedding.weight"].shape) != tuple(model.embedding.weight.shape):
-        raise UsageError(f"the data {spec or config.data} does not fit the model in {path}: its tables have "
-                         f"{state['embedding.weight'].shape[0]} rows in all, the data's fields "
-                         f"{sum(test.model_field_dims)}")
+        data = ckpt.run_vocabulary(directory, payload)
+        return None if data is None else Vocabulary.from_bytes(data, where=f"the vocabulary of {where}")
+    except (ckpt.CheckpointError, DataFormatError) as err:
+        raise UsageError(str(err)) from None
+
+
+def run_model(run: SavedRun, data, device: str, spec: Optional[str] = None):
+    """The run's model over ``data``'s fields with its trained weights, on ``device``."""
+    config = run.config
+    where = f"the data {spec or config.data}"
+    if run.payload is None:  # train --distributed: pimm_fast's FieldEmbedding holds the tables, read whole
+        from ..distributed.checkpoint import read_sharded_weights
+
+        local = dataclasses.replace(config, embedding=None, embedding_optimizer="dense", distributed=None)
+        torch.manual_seed(config.seed)
+        model = build(local, data, device)
+        state = read_sharded_weights(run.path, config.embed_dim, len(data.model_field_dims))
+        if tuple(state["embedding.weight"].shape) != tuple(model.embedding.weight.shape):
+            raise UsageError(f"{where} does not fit the model in {run.path}: its tables have "
+                             f"{state['embedding.weight'].shape[0]} rows in all, the data's fields "
+                             f"{sum(data.model_field_dims)}")
+    else:
+        expected = run.model_info
+        if list(data.model_field_dims) != list(expected.get("field_dims", data.model_field_dims)) or \
+                list(data.task_names) != list(expected.get("task_names", data.task_names)):
+            raise UsageError(f"{where} does not fit the model in {run.path}: fields {list(data.model_field_dims)} / "
+                             f"tasks {list(data.task_names)}, the model has {expected.get('field_dims')} / "
+                             f"{expected.get('task_names')}")
+        trained_dense = expected.get("dense_names")
+        if trained_dense is None and not any(k.startswith("dense_input.") for k in run.payload["model"]):
+            trained_dense = []  # a checkpoint from before model_info named them: a model without dense input
+        if trained_dense is not None and list(data.dense_names) != list(trained_dense):
+            raise UsageError(
+                f"{where} has the dense columns {list(data.dense_names)}, the model in {run.path} was trained with "
+                f"{list(trained_dense)}" +
+                (" (a run trained without dense columns, e.g. on rechub-csv before it read its D* columns, "
+                 "evaluates with ?dense=none)" if not trained_dense else ""))
+        torch.manual_seed(config.seed)
+        model = build(config, data, device)
+        state = run.payload["model"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise UsageError(f"{path} does not fit the model its configuration names: "
+        raise UsageError(f"{run.path} does not fit the model its configuration names: "
                          f"{str(err).strip().splitlines()[0][:200]}") from None
-    return model.to(device), config, path, test, splits
+    return model.to(device)
+
+
+def vocabulary_data(vocabulary):
+    """A one-row stand-in for a run's data, made from its vocabulary alone (fields, sizes, tasks, dense
+    columns): enough to build the model, whose trained weights and dense statistics are then loaded."""
+    from ..data import CascadeData
+
+    single = vocabulary.single_fields
+    if vocabulary.bag_fields:  # a model with bags is rebuilt from its data (raw Ali-CCP)
+        raise UsageError(f"the model has multi-valued fields {[f.name for f in vocabulary.bag_fields]}: score a "
+                         f"data spec (--data aliccp-raw:DIR) instead of a file")
+    K = len(vocabulary.dense_names)
+    return CascadeData(x=torch.zeros(1, len(single), dtype=torch.int64), y=torch.zeros(1, len(vocabulary.task_names)),
+                       field_dims=tuple(f.size for f in single), task_names=tuple(vocabulary.task_names),
+                       dense=torch.zeros(1, K) if K else None, dense_names=tuple(vocabulary.dense_names))
+
+
+def load_run_model(directory: Path, spec: Optional[str], device: str):
+    """(model, config, weights path, test split, splits) of a run directory (or .pt file) evaluated on
+    ``spec`` (default: the run's own data), encoded with the run's vocabulary (never one rebuilt from the data
+    given, so codes mean what they meant in training and columns are matched by name)."""
+    run = open_run(Path(directory))
+    config = run.config
+    splits = DataRequest.parse(spec or config.data, config.samples, config.seed).load(vocabulary=run.vocabulary)
+    model = run_model(run, splits.test, device, spec)
+    return model, config, run.path, splits.test, splits
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -385,10 +433,11 @@ def report_run(config: RunConfig, backend: str, history: list, early: dict, resu
     time; the report (``extra`` added) in ``run_dir``/results.json and ``output``."""
     import time
 
-    if early["best_epoch"] is not None:
-        stop = f"stopped early after epoch {len(history)}; " if early["stopped"] else ""
-        print(f"{stop}best validation epoch {early['best_epoch'] + 1} ({config.monitor} {early['best']:.4f}), "
-              f"restored", flush=True)
+    from ..train.trainer import early_stopping_summary
+
+    summary = early_stopping_summary(early, len(history), config.monitor)
+    if summary is not None:
+        print(summary, flush=True)
     print("\nheld-out test set\n" + format_table(result))
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
     payload = jsonable({"config": config.to_dict(), "backend": backend, "history": history, "early_stopping": early,

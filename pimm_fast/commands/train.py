@@ -151,14 +151,16 @@ def train(args: argparse.Namespace, request: Optional[DataRequest]) -> int:
     tc = config.train_config(progress=not args.no_progress)
 
     def report(epoch: int, record: dict) -> None:
-        line = (f"epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.4f}, p {record.get('p', 0):.3f}, "
+        p = f"p {record['p']:.3f}, " if "p" in record else ""  # PIMM's curriculum; other models have none
+        line = (f"epoch {epoch + 1}/{tc.epochs}: loss {record['train_loss']:.4f}, {p}"
                 f"{record['samples_per_second']:,.0f} samples/s")
         if "valid" in record:
             line += f", valid {tc.monitor} {fmt(record['monitor'], 0)}"
         print(line, flush=True)
 
     try:
-        trainer = Trainer(model, train, tc, valid=valid, out=out, run_config=config.to_dict(), on_epoch_end=report)
+        trainer = Trainer(model, train, tc, valid=valid, out=out, run_config=config.to_dict(), on_epoch_end=report,
+                          vocabulary=splits.vocabulary)
     except ValueError as err:
         raise UsageError(str(err)) from None
     if payload is not None:
@@ -169,6 +171,8 @@ def train(args: argparse.Namespace, request: Optional[DataRequest]) -> int:
         print(f"resumed {out} at epoch {trainer.state['epoch'] + 1}, step {trainer.state['position']}", flush=True)
     elif out is not None:
         ckpt.save_json(Path(out) / ckpt.CONFIG, config.to_dict())
+        if splits.vocabulary is not None:
+            ckpt.save_vocabulary(Path(out), splits.vocabulary)
     history = trainer.run()
     result = evaluate(model, test)
     report_run(config, backend, history, trainer.early, result, train, started, out, args.output)

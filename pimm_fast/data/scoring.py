@@ -48,7 +48,7 @@ def read_for_scoring(path, vocabulary: Vocabulary, keep_columns: Optional[Sequen
 
     The model's fields and dense columns must be in the file (a DataFormatError names the missing ones);
     labels are read when all of the model's label columns are there. ``keep_columns``: the columns
-    passed through into ``keys`` (default: every column that is neither a field, dense nor label column);
+    passed through into ``keys`` (default: every column that is neither a field nor a dense column);
     one that is missing is an error. Id cells are encoded as in training (unseen, rare, empty: 0); an id
     outside an identity field's range, a cell with a NUL or invalid UTF-8, and a dense value that is not a
     number are errors naming the line (row for Parquet) and the column.
@@ -75,7 +75,7 @@ def _roles(names: list, vocabulary: Vocabulary, keep_columns, path: Path):
     if vocabulary.label_names and all(n in names for n in vocabulary.label_names):
         labels = match_columns(list(vocabulary.label_names), names, ncols, path, "label")
     if keep_columns is None:
-        used = set(features) | set(dense) | set(labels or ())
+        used = set(features) | set(dense)  # labels too come back: the scores can be checked against them
         keys = [i for i in range(ncols) if i not in used]
     else:
         missing = [c for c in keep_columns if c not in names]

@@ -31,6 +31,7 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.json"
 RESULTS = "results.json"  # a run's (and compare's) report
+VOCABULARY = "vocabulary.txt"  # the id encoding (pimm_fast.data.Vocabulary's text), also inside every checkpoint
 SHARDED = "sharded"  # a train --distributed --out run directory's torch.distributed.checkpoint directories
 
 
@@ -88,6 +89,28 @@ def load(path: Path, kind: Optional[str] = None) -> dict:
     if kind is not None and payload["kind"] != kind:
         raise CheckpointError(f"{path} is a {payload['kind']!r} checkpoint, not a {kind!r} one")
     return payload
+
+
+def save_vocabulary(directory: Path, vocabulary) -> None:
+    """``DIR/vocabulary.txt``, atomically: the run's id encoding (a Vocabulary or its bytes), readable
+    without torch (the C++ scorer's format, docs/data.md)."""
+    data = vocabulary if isinstance(vocabulary, bytes) else vocabulary.to_bytes()
+    atomic_write(Path(directory) / VOCABULARY, lambda f: f.write(data))
+
+
+def run_vocabulary(directory: Path, payload: Optional[dict] = None) -> Optional[bytes]:
+    """The vocabulary of a run: the checkpoint's own (``payload``), else ``DIR/vocabulary.txt``, else None (a
+    run trained before vocabularies were saved)."""
+    if payload is not None and payload.get("vocabulary"):
+        return payload["vocabulary"]
+    directory = Path(directory)
+    path = (directory if directory.is_dir() else directory.parent) / VOCABULARY
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err})") from None
 
 
 def short_reason(err: BaseException, limit: int = 200) -> str:
