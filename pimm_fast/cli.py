@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -166,7 +168,9 @@ SHARED = {
     "--per-step-curriculum": dict(action="store_true", help="decrease p every step, not per epoch"),
     "--backend": dict(default="auto", choices=BACKENDS),
     "--device": dict(default=DEVICE),
-    "--threads": dict(type=int, default=None, help="torch intra-op threads (default: all cores)"),
+    "--threads": dict(type=int, default=None,
+                      help="torch intra-op threads (default: OMP_NUM_THREADS, else one per 8192 samples of the batch, "
+                           "at most one per physical core)"),
     "--no-progress": dict(action="store_true"),
     "--weight-decay": dict(type=_non_negative, default=0.0,
                            help="L2 weight decay of the dense Adam (not applied to a fused table)"),
@@ -379,10 +383,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "train":
+        if args.command in ("train", "compare"):
             args._given = given_options(argv)
-        return _run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return code
     except (UsageError, DataFormatError, FloatingPointError) as err:  # FloatingPointError: TrainingDiverged
         message = " ".join(str(err).split())  # one line, whatever the message held
         print(f"pimm-fast: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (pimm-fast cache list | head): no traceback
+        try:  # and none at exit, when Python flushes stdout into the closed pipe again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout is not a file (captured in a test)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a program the signal ended
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line (``pimm-fast: warning: ...``), without the file, line and source code that
+    Python's default display adds."""
+    text = " ".join(str(message).split())
+    try:
+        print(f"pimm-fast: warning: {text}", file=sys.stderr if file is None else file, flush=True)
+    except OSError:
+        pass

@@ -33,7 +33,8 @@ def fails_with(capsys, argv, message):
 
 
 def test_run_directory_layout(run_dir):
-    assert {p.name for p in run_dir.iterdir()} == {"checkpoint.pt", "best.pt", "config.json", "results.json"}
+    assert {p.name for p in run_dir.iterdir()} == {"checkpoint.pt", "best.pt", "config.json", "results.json",
+                                                   "vocabulary.txt"}
     payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     config = json.loads((run_dir / "config.json").read_text())
     assert payload["config"] == config and config["samples"] == 4000 and config["embedding_optimizer"] == "adam"

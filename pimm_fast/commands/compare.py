@@ -32,7 +32,7 @@ from ..runtime import available_cores
 from ..train import checkpoint as ckpt
 from ..train.stats import welch_t_test
 from ..train.trainer import Trainer, check_monitor, evaluate
-from .run import DataRequest, RunConfig, build, jsonable
+from .run import DataRequest, RunConfig, build, check_output_path, check_unused_options, jsonable
 
 SCHEMA = "pimm_fast.compare/1"
 METRICS = ("auc", "conditional_auc", "logloss", "ece", "funnel_violation")
@@ -278,6 +278,21 @@ def write_plots(out: Path, summary: dict, runs: dict, task_names: Sequence[str],
     return written
 
 
+def check_compare_args(args: argparse.Namespace) -> DataRequest:
+    """Every option checked for every model before any data are read or any run starts (as train checks its
+    one model); returns the data spec, parsed and checked."""
+    from .train import check_device, check_numbers, check_policy
+
+    check_numbers(args, ())
+    check_device(args.device, args.backend)
+    request = DataRequest.parse(args.data, args.samples, args.split_seed)
+    request.check()
+    check_policy(request, args.models)
+    check_unused_options(getattr(args, "_given", {}), args, args.models)
+    check_output_path(Path(args.out) / ckpt.RESULTS, "--out")
+    return request
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -286,10 +301,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a directory")
-    if args.lr_sweep is None and not args.lr > 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    request = check_compare_args(args)
     started = time.perf_counter()
-    splits = DataRequest.parse(args.data, args.samples, args.split_seed).load()
+    splits = request.load()
     if splits.valid is None or len(splits.valid) == 0:
         raise UsageError(f"compare needs a validation split and {args.data} has none (valid_fraction=0)")
     task_names = list(splits.train.task_names)
@@ -349,7 +363,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         "rows": {"train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test)},
         "tasks": task_names, "last_task": task_names[-1], "seeds": seeds, "epochs": args.epochs,
         "monitor": args.monitor, "lr_sweep": list(args.lr_sweep) if args.lr_sweep else None,
-        "config": jsonable({k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}),
+        "config": jsonable({k: (None if k == "lr" and args.lr_sweep else v)  # the sweep chose each model's lr
+                            for k, v in vars(args).items() if not k.startswith("_") and k != "command"}),
         "oracle_auc": oracle if any(v is not None for v in oracle.values()) else None,
         "best_model": best, "models": summary,
         "timing": {"seconds": seconds, "runs": total, "jobs": args.jobs, "threads": _threads(args),

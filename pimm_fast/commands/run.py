@@ -13,9 +13,10 @@ import argparse
 import dataclasses
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -182,7 +183,9 @@ def check_validation(config: RunConfig, valid, task_names) -> None:
 
 
 def check_output_path(path: Optional[Path], option: str = "--output") -> None:
-    """Fail before any work if ``path`` cannot be written: a directory, or a place without write access."""
+    """Fail before any work if ``path`` cannot be written: a directory, an existing read-only file, or a
+    place where no file can be created. The nearest existing folder is probed by creating (and at once
+    removing) a temporary file in it: permission bits say nothing about /proc, read-only mounts or root."""
     if path is None:
         return
     path = Path(path)
@@ -195,8 +198,35 @@ def check_output_path(path: Optional[Path], option: str = "--output") -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise UsageError(f"{option} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot create files in {parent} (no write permission)")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise UsageError(f"{option} {path}: cannot create files in {parent} ({err.strerror or err})") from None
+
+
+def check_unused_options(given: dict, values: argparse.Namespace, models: Sequence[str]) -> None:
+    """Options typed on the command line (``given``) that the run would ignore are refused, so that nothing
+    recorded in config.json was silently without effect. ``values``: every option's value; ``models``: the
+    models the command trains."""
+    def typed(*dests: str) -> list[str]:
+        return ["--" + d.replace("_", "-") for d in dests if d in given]
+
+    fused_table = values.embedding_optimizer != "dense" or getattr(values, "embedding", None) == "torchrec" \
+        or getattr(values, "distributed", False)  # TorchRec always fuses the table's optimizer
+    if typed("embedding_lr") and not fused_table:
+        raise UsageError("--embedding-lr sets the fused table optimizer's lr; with --embedding-optimizer dense the "
+                         "table trains in the dense Adam at --lr: leave --embedding-lr out")
+    schedule = typed("lr_gamma", "lr_step_epochs")
+    if schedule and values.lr_schedule != "step":
+        raise UsageError(f"{'/'.join(schedule)} appl{'y' if len(schedule) > 1 else 'ies'} to --lr-schedule step; "
+                         f"the schedule is {values.lr_schedule}")
+    curriculum = typed("alpha", "step", "floor", "per_step_curriculum")
+    if curriculum and "pimm" not in models:
+        raise UsageError(f"{'/'.join(curriculum)} set{'s' if len(curriculum) == 1 else ''} PIMM's curriculum; "
+                         f"{', '.join(models)} ha{'s' if len(models) == 1 else 've'} none")
+    if typed("lr") and getattr(values, "lr_sweep", None):
+        raise UsageError("--lr with --lr-sweep: the sweep picks each model's lr on validation; give one of them")
 
 
 # --------------------------------------------------------------------------------------------------------

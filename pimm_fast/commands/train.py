@@ -6,7 +6,7 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -14,23 +14,38 @@ from ..errors import UsageError
 from ..train import checkpoint as ckpt
 from ..train.trainer import Trainer, evaluate
 from . import distributed
-from .run import RUN_KEYS, DataRequest, RunConfig, build, check_output_path, check_validation, fmt, report_run
+from .run import (RUN_KEYS, DataRequest, RunConfig, build, check_output_path, check_unused_options, check_validation,
+                  fmt, report_run)
 
 
 def check_train_args(args: argparse.Namespace) -> DataRequest:
     """Every option of ``train`` checked before any data are read; a bad one raises UsageError. Returns the
     data spec, parsed and checked."""
-    import pimm_fast
     from ..models import MODELS
 
-    for name in ("epochs", "batch_size", "embed_dim"):
-        value = getattr(args, name)
-        if value < 1:
+    check_numbers(args, ("epochs", "batch_size", "embed_dim", "samples", "threads"))
+    model = args.model.strip().lower().replace("-", "_")
+    if model not in MODELS:
+        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(MODELS)}")
+    if args.backbone is not None and model != "pimm":
+        raise UsageError("--backbone applies to --model pimm only")
+    check_device(args.device, args.backend)
+    request = DataRequest.parse(args.data, args.samples, args.seed)
+    request.check()
+    check_policy(request, [model])
+    check_unused_options(getattr(args, "_given", {}), args, [model])
+    check_output_path(args.output)
+    return request
+
+
+def check_numbers(args: argparse.Namespace, at_least_one: Sequence[str]) -> None:
+    """Counts >= 1, learning rates finite and > 0, the curriculum's alpha/step/floor (train and compare)."""
+    import pimm_fast
+
+    for name in at_least_one:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    if args.samples < 1:
-        raise UsageError(f"--samples must be >= 1, got {args.samples}")
     for name in ("lr", "embedding_lr"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -39,38 +54,42 @@ def check_train_args(args: argparse.Namespace) -> DataRequest:
         pimm_fast.Curriculum(args.alpha, args.step, args.floor)
     except ValueError as err:
         raise UsageError(f"--alpha/--step/--floor: {err}") from None
-    model = args.model.strip().lower().replace("-", "_")
-    if model not in MODELS:
-        raise UsageError(f"unknown --model {args.model!r}; choose one of {', '.join(MODELS)}")
-    if args.backbone is not None and model != "pimm":
-        raise UsageError("--backbone applies to --model pimm only")
+
+
+def check_device(text: str, backend: str) -> torch.device:
+    """--device names a device of this machine and --backend can run there."""
+    import pimm_fast
+
     try:
-        device = torch.device(args.device)
+        device = torch.device(text)
     except RuntimeError:
-        raise UsageError(f"--device {args.device!r} is not a device (cpu, cuda, cuda:0, ...)") from None
+        raise UsageError(f"--device {text!r} is not a device (cpu, cuda, cuda:0, ...)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
+            raise UsageError(f"--device {text}: CUDA is not available on this machine (use --device cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA "
-                             f"device(s)")
+            raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
-        raise UsageError(f"--device {args.device}: only cpu and cuda devices are supported")
+        raise UsageError(f"--device {text}: only cpu and cuda devices are supported")
     try:
-        pimm_fast.ops.resolve_backend(args.backend, device)
+        pimm_fast.ops.resolve_backend(backend, device)
     except (ValueError, RuntimeError) as err:
-        raise UsageError(f"--backend {args.backend}: {err}") from None
-    request = DataRequest.parse(args.data, args.samples, args.seed)
-    request.check()
-    if request.options.get("policy") == "keep" and MODELS[model].requires_cascade:
+        raise UsageError(f"--backend {backend}: {err}") from None
+    return device
+
+
+def check_policy(request: DataRequest, models: Sequence[str]) -> None:
+    """``policy=keep`` keeps rows that break the cascade: refused for every model that assumes the cascade."""
+    from ..models import MODELS
+
+    bound = [m for m in models if MODELS[m].requires_cascade]
+    if request.options.get("policy") == "keep" and bound:
         need = [n for n, cls in MODELS.items() if cls.requires_cascade]
         free = [n for n, cls in MODELS.items() if not cls.requires_cascade]
-        raise UsageError(f"--cascade-policy keep keeps rows that break the cascade, which {model} cannot train on "
-                         f"({', '.join(need)} assume the cascade: PIMM feeds y_(t-1), ESMM multiplies stages, "
+        raise UsageError(f"--cascade-policy keep keeps rows that break the cascade, which {', '.join(bound)} cannot "
+                         f"train on ({', '.join(need)} assume the cascade: PIMM feeds y_(t-1), ESMM multiplies stages, "
                          f"AITM/MNCM calibrate yhat_t <= yhat_(t-1)); use --model {' / '.join(free)}, or "
                          f"--cascade-policy drop")
-    check_output_path(args.output)
-    return request
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -96,8 +115,10 @@ def _resume_config(args: argparse.Namespace, payload: dict, source: Path) -> Run
                              f"leave the data options out to continue that run")
         if stored.get(key) != value:
             flag = "--" + key.replace("_", "-")
-            raise UsageError(f"--resume: {flag} {value} contradicts the checkpoint's {stored.get(key)!r}; leave it "
-                             f"out to continue the run as it was configured")
+            had = (f"the checkpoint's {stored[key]!r}" if stored.get(key) is not None else
+                   f"the checkpoint, whose run left {flag} unset")
+            raise UsageError(f"--resume: {flag} {value} contradicts {had}; leave it out to continue the run as it "
+                             f"was configured")
     return RunConfig.from_dict(stored, source)
 
 
