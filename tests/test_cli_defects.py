@@ -92,3 +92,20 @@ def test_warnings_are_one_line(capsys, monkeypatch):
         assert main(["info"]) == 0
     err = capsys.readouterr().err
     assert err == "pimm-fast: warning: task 'buy' has a single class in the evaluation set\n", err
+
+
+def test_single_class_validation_is_said_and_does_not_stop_the_run(capsys, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, rows, buy_rate in (("train", 600, 0.3), ("valid", 100, 0.0), ("test", 200, 0.3)):
+        click = rng.random(rows) < 0.5
+        buy = click & (rng.random(rows) < buy_rate)
+        lines = ["user,click,buy"] + [f"u{rng.integers(0, 20)},{int(c)},{int(b)}" for c, b in zip(click, buy)]
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    assert main(["train", "--data", f"csv:{tmp_path}", "--labels", "click,buy", "--epochs", "3", "--patience", "1",
+                 "--tower-dims", "8", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("epoch ") >= 3 and "epoch 3/3" in out  # before: stopped after epoch 1 without a word
+    assert "validation last was undefined in all 3 epoch(s)" in out and "the last weights are scored" in out
+    assert "Traceback" not in err and "RuntimeWarning" not in err
