@@ -12,7 +12,8 @@ from .cascade import POLICIES
 from .core import BagTable, CascadeData, Splits
 from .spec import KINDS, load, parse_spec
 from .synthetic import PRESETS, SyntheticConfig, generate, load_synthetic, preset_config, train_test_split
+from .vocab import FieldVocab, Vocabulary, canonical_token, fnv_digest
 
-__all__ = ["KINDS", "POLICIES", "PRESETS", "BagTable", "Batcher", "CascadeData", "DataFormatError", "Splits",
-           "SyntheticConfig", "generate", "load", "load_synthetic", "parse_spec", "preset_config",
-           "train_test_split"]
+__all__ = ["KINDS", "POLICIES", "PRESETS", "BagTable", "Batcher", "CascadeData", "DataFormatError", "FieldVocab",
+           "Splits", "SyntheticConfig", "Vocabulary", "canonical_token", "fnv_digest", "generate", "load",
+           "load_synthetic", "parse_spec", "preset_config", "train_test_split"]
