@@ -712,8 +712,8 @@ class ExportedBagModel(ExportedModel):
     problem (row, field, position in bag_values). The bag ids are checked with one min/max pass per bag
     field; the package's embedding kernel checks ids and offsets again (what a C++ caller relies on)."""
 
-    def __init__(self, runner, metadata: dict, device: torch.device, path: Path):
-        super().__init__(runner, metadata, device, path)
+    def __init__(self, runner, metadata: dict, device: torch.device, path: Path, vocabulary=None):
+        super().__init__(runner, metadata, device, path, vocabulary)
         self.num_bag_fields = int(metadata["num_bag_fields"])
         self.num_single = len(self.field_dims) - self.num_bag_fields
         self._limits = self._limits[:self.num_single]
@@ -721,7 +721,7 @@ class ExportedBagModel(ExportedModel):
     def __repr__(self) -> str:
         return (f"ExportedBagModel({self.metadata['model_class']}, {self.num_single} single-valued + "
                 f"{self.num_bag_fields} bag fields, tasks {list(self.task_names)}, backend "
-                f"{self.metadata['backend']} on {self.device}, from {self.path})")
+                f"{self.metadata['backend']} on {self.device}, {self._vocabulary_repr()}, from {self.path})")
 
     def _check_layout(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
                       dense: Optional[torch.Tensor]) -> int:

@@ -2,8 +2,8 @@
 process (pimm_fast.export.load) and from C++ (examples/score_csv), all equal to the eager model on the codes
 that the training vocabulary gives.
 
-A census-like model (string fields, an identity field, two dense columns) is exported twice per module: with
-its vocabulary and without one (the C++ and Python errors of a package without a vocabulary).
+A census-like model (string fields, an identity field, a bag field of '|'-separated tags, two dense columns) is
+exported twice per module: with its vocabulary and without one (the errors of a package without a vocabulary).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import torch
 import pimm_fast.export as px
 from pimm_fast.data import DataFormatError, FieldVocab, Vocabulary, canonical_token
 from pimm_fast.models import build_model
+from pimm_fast.modules import FieldEmbedding, JaggedIds
 from pimm_fast.ops import backends
 
 from .cpp_example import build_score_csv, run_score_csv
@@ -31,8 +32,9 @@ FAST = {"aot_inductor.compile_wrapper_opt_level": "O0"}
 LONG = "Some-college-" + "x" * 70  # longer than 64 bytes: looked up by its digest
 WORKCLASS = ["Private", "Self-emp", "State-gov", 'Fed, "gov"', "Never-worked"]
 EDUCATION = ["HS-grad", "Bachelors", "Masters", LONG, "Doctorate"]
-FIELDS, DENSE, LABELS, TASKS = ("workclass", "education", "hour"), ("age", "hours"), ("income", "married"), \
-    ("click", "buy")
+TAGS = ["a", "b", "c", "d e"]
+FIELDS, DENSE, LABELS, TASKS = ("workclass", "education", "hour", "tags"), ("age", "hours"), \
+    ("income", "married"), ("click", "buy")
 
 pytestmark = pytest.mark.skipif(not backends.is_available("cpp", "cpu"), reason="C++ kernels not built")
 
@@ -43,23 +45,29 @@ def _write_csv(path: Path, header: list, rows: list, line_end: str = "\n") -> No
     path.write_bytes(buf.getvalue().encode())
 
 
+def _tags(rng: random.Random, values: list) -> str:
+    return "|".join(rng.choice(values) for _ in range(rng.randint(0, 3)))
+
+
 def _train_rows(rng: random.Random, n: int = 60) -> list:
     rows = []
     for _ in range(n):
         hours = rng.choice(["?", str(rng.randint(10, 60))])
-        rows.append([rng.choice(WORKCLASS), rng.choice(EDUCATION), str(rng.randrange(24)),
+        rows.append([rng.choice(WORKCLASS), rng.choice(EDUCATION), str(rng.randrange(24)), _tags(rng, TAGS),
                      f"{rng.uniform(18, 80):.1f}", hours, str(rng.randint(0, 1)), "0"])
     return rows
 
 
 def _vocabulary(rows: list) -> Vocabulary:
     """The training file's encoding: per string field its sorted canonical tokens (codes 1..), hour as is."""
-    def keys(j):
-        return np.array(sorted({canonical_token(r[j].encode()) for r in rows}), dtype="S")
+    def keys(j, bag=False):
+        tokens = {t for r in rows for t in (r[j].split("|") if bag else [r[j]]) if t}
+        return np.array(sorted(canonical_token(t.encode()) for t in tokens), dtype="S")
 
     fields = [FieldVocab("workclass", "encoded", len(keys(0)) + 1, 1, keys(0)),
               FieldVocab("education", "encoded", len(keys(1)) + 1, 1, keys(1)),
-              FieldVocab("hour", "identity", 24)]
+              FieldVocab("hour", "identity", 24),
+              FieldVocab("tags", "encoded", len(keys(3, True)) + 1, 1, keys(3, True), bag=True)]
     return Vocabulary(fields, DENSE, LABELS, TASKS, source="csv")
 
 
@@ -73,14 +81,14 @@ def _dense_value(text: str) -> float:
 
 def _score_rows(rng: random.Random) -> tuple[list, list]:
     """(header in another order with key columns and a label, rows with new values, quoted and missing cells)."""
-    header = ["id", "hours", "education", "region", "hour", "workclass", "age", "income"]
-    rows = [["r0", "NA", "PhD", "North\nEast", "23", "Alien", " 41 ", "1"],  # unseen values, a multi-line key
-            ["r1", "", LONG, 'say "hi", twice', "0", 'Fed, "gov"', "inf", "0"],
-            ["r2", "?", "P" + "h" * 80, "", "7", "", "33.5", ""]]  # an unseen long token, an empty cell
+    header = ["id", "hours", "education", "region", "hour", "workclass", "age", "income", "tags"]
+    rows = [["r0", "NA", "PhD", "North\nEast", "23", "Alien", " 41 ", "1", "zz|a"],  # unseen values, a multi-line key
+            ["r1", "", LONG, 'say "hi", twice', "0", 'Fed, "gov"', "inf", "0", ""],  # an empty bag
+            ["r2", "?", "P" + "h" * 80, "", "7", "", "33.5", "", "d e|b|b"]]  # an unseen long token, an empty cell
     for i in range(3, 41):
         rows.append([f"r{i}", str(rng.randint(1, 80)), rng.choice(EDUCATION + ["Preschool"]),
                      rng.choice(["north", "south"]), str(rng.randrange(24)), rng.choice(WORKCLASS + ["Without-pay"]),
-                     f"{rng.uniform(18, 90):.2f}", str(rng.randint(0, 1))])
+                     f"{rng.uniform(18, 90):.2f}", str(rng.randint(0, 1)), _tags(rng, TAGS + ["new"])])
     return header, rows
 
 
@@ -92,9 +100,10 @@ def census(tmp_path_factory):
     train = _train_rows(rng)
     vocab = _vocabulary(train)
     torch.manual_seed(0)
+    embedding = FieldEmbedding(list(vocab.field_dims), 4, pooling=["sum"] * 3 + ["mean"])  # tags: a bag
     model = build_model("pimm", list(vocab.field_dims), num_tasks=2, task_names=TASKS, embed_dim=4, num_dense=2,
-                        dense_names=DENSE).eval()
-    model.dense_input.fit(torch.tensor([[_dense_value(r[3]), _dense_value(r[4])] for r in train]))
+                        dense_names=DENSE, embedding=embedding).eval()
+    model.dense_input.fit(torch.tensor([[_dense_value(r[4]), _dense_value(r[5])] for r in train]))
     package = px.save(model, out / "census.pt2", vocabulary=vocab, inductor_configs=dict(FAST))
     bare = px.save(model, out / "census-bare.pt2", inductor_configs=dict(FAST))
 
@@ -109,10 +118,16 @@ def census(tmp_path_factory):
         codes.append(found)
         unseen[f.name] = found.count(0)
     codes.append([int(v) for v in col["hour"]])
-    ids = torch.tensor(codes).t().contiguous()
+    table = {k: i + 1 for i, k in enumerate(vocab.fields[3].keys.tolist())}
+    tags = [[table.get(t.encode(), 0) for t in cell.split("|")] if cell else [] for cell in col["tags"]]
+    unseen["tags"] = sum(t.count(0) for t in tags)
+    lengths = torch.tensor([len(t) for t in tags])
+    bag = (torch.tensor([c for t in tags for c in t], dtype=torch.int64),
+           torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]))
+    x = JaggedIds.from_fields([torch.tensor(c) for c in codes] + [bag])
     dense = torch.tensor([[_dense_value(a), _dense_value(h)] for a, h in zip(col["age"], col["hours"])])
     with torch.no_grad():
-        expected = model(ids, dense=dense)
+        expected = model(x, dense=dense)
     return {"out": out, "model": model, "vocab": vocab, "package": package, "bare": bare, "csv": score_csv,
             "header": header, "rows": rows, "columns": col, "expected": expected, "unseen": unseen}
 
@@ -136,7 +151,7 @@ def test_the_vocabulary_travels_in_the_package(census, loaded):
     meta = px.read_metadata(census["package"])
     assert meta["vocabulary"]["record"] == px.VOCAB_RECORD == "extra/pimm_fast/vocabulary.txt"
     assert meta["field_names"] == list(FIELDS)  # taken from the vocabulary
-    assert "vocabulary of 10 keys" in repr(loaded)
+    assert "vocabulary of 14 keys" in repr(loaded) and loaded.num_bag_fields == 1
     bare = px.load(census["bare"])
     assert bare.vocabulary is None and px.read_vocabulary(census["bare"]) is None
     assert px.read_metadata(census["bare"])["vocabulary"] is None
@@ -146,9 +161,11 @@ def test_the_vocabulary_travels_in_the_package(census, loaded):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda v: Vocabulary(v.fields[:2], DENSE, LABELS, TASKS), r"field sizes .* != the model's field_dims"),
-    (lambda v: Vocabulary(v.fields[:2] + (FieldVocab("hour", "identity", 30),), DENSE, LABELS, TASKS),
-     r"field sizes \[6, 6, 30\] .* != the model's field_dims \[6, 6, 24\]"),
+    (lambda v: Vocabulary(v.fields[:3], DENSE, LABELS, TASKS), r"field sizes .* != the model's field_dims"),
+    (lambda v: Vocabulary(v.fields[:2] + (FieldVocab("hour", "identity", 30), v.fields[3]), DENSE, LABELS, TASKS),
+     r"field sizes \[6, 6, 30, 5\] .* != the model's field_dims \[6, 6, 24, 5\]"),
+    (lambda v: Vocabulary(v.fields[:3] + (FieldVocab("tags", "encoded", 5, 1, v.fields[3].keys),), DENSE, LABELS,
+                          TASKS), r"0 bag fields != the package's 1"),
     (lambda v: Vocabulary(v.fields, ("age", "hours_per_week"), LABELS, TASKS),
      r"dense columns \['age', 'hours_per_week'\] != the model's \['age', 'hours'\]"),
     (lambda v: Vocabulary(v.fields, DENSE, LABELS, ("view", "buy")), r"tasks \['view', 'buy'\] != the model's"),
@@ -162,8 +179,8 @@ def test_save_refuses_a_vocabulary_of_another_model(census, tmp_path, change, ma
 
 
 def test_save_refuses_other_field_names(census, tmp_path):
-    with pytest.raises(px.ExportError, match=r"field names \['workclass', 'education', 'hour'\] != field_names"):
-        px.save(census["model"], tmp_path / "m.pt2", vocabulary=census["vocab"], field_names=["a", "b", "c"])
+    with pytest.raises(px.ExportError, match=r"field names \['workclass', 'education', 'hour', 'tags'\] != field_"):
+        px.save(census["model"], tmp_path / "m.pt2", vocabulary=census["vocab"], field_names=["a", "b", "c", "d"])
 
 
 def test_vocabulary_bytes_are_accepted(census, tmp_path, monkeypatch):
@@ -185,12 +202,12 @@ def test_score_columns_matches_the_eager_model(census, loaded):
     probs, unseen = loaded.score_columns(census["columns"], batch_size=7)  # 41 rows: 6 batches
     assert probs.shape == census["expected"].shape and probs.dtype == torch.float32
     assert (probs - census["expected"]).abs().max().item() <= 1e-6
-    assert unseen == census["unseen"] and unseen["workclass"] >= 3 and unseen["education"] >= 2
+    assert unseen == census["unseen"] and unseen["workclass"] >= 3 and unseen["education"] >= 2 and unseen["tags"]
     # other spellings of the same values: ints for the identity field, bytes, numpy arrays, floats for dense
     col = census["columns"]
     other = {"hour": np.array([int(v) for v in col["hour"]]), "workclass": [v.encode() for v in col["workclass"]],
              "education": np.array(col["education"]), "age": [_dense_value(v) for v in col["age"]],
-             "hours": col["hours"]}
+             "hours": col["hours"], "tags": [cell.split("|") if cell else [] for cell in col["tags"]]}
     again, unseen_again = loaded.score_columns(other, batch_size=7)
     assert torch.equal(again, probs) and unseen_again == unseen
 
@@ -270,8 +287,8 @@ def test_cpp_scores_the_raw_csv(census, score_csv):
     probs = torch.tensor([[float(v) for v in r[2:]] for r in rows])
     assert (probs - census["expected"]).abs().max().item() <= 1e-6
     unseen = census["unseen"]
-    assert f"unseen values (code 0) per field: workclass {unseen['workclass']}, education {unseen['education']}" \
-        in result.stderr
+    assert (f"unseen values (code 0) per field: workclass {unseen['workclass']}, education {unseen['education']}, "
+            f"tags {unseen['tags']}") in result.stderr
     # batches of 7 rows, chosen key columns
     batched = run_score_csv(score_csv, census["package"], census["csv"], "--batch", "7", "--keep-columns",
                             "income,id")
@@ -289,7 +306,7 @@ def test_cpp_scores_the_raw_csv(census, score_csv):
     (lambda h, rows: (h, rows[:2] + [rows[2][:4] + ["24"] + rows[2][5:]]),
      "score.csv:5: column 'hour' = '24' is not an id of this field (a decimal integer in [0, 24))"),
     (lambda h, rows: (h, [rows[0][:4] + ["-1"] + rows[0][5:]]), "score.csv:2: column 'hour' = '-1' is not an id"),
-    (lambda h, rows: (h, [rows[1], rows[0][:-1]]), "score.csv:3: expected 8 cells (as the header), got 7"),
+    (lambda h, rows: (h, [rows[1], rows[0][:-1]]), "score.csv:3: expected 9 cells (as the header), got 8"),
     (lambda h, rows: (h, [rows[0][:6] + ["old"] + rows[0][7:]]), "dense column 'age' = 'old' is not a number"),
     (lambda h, rows: (h + ["id"], [r + ["x"] for r in rows]), "column 'id' appears twice in the header"),
 ])
