@@ -130,7 +130,9 @@ Package open_package(const std::string& path) {
   Package p;
   p.loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path);
   p.meta = p.loader->get_metadata();
-  for (const auto& d : split(metadata(p.meta, "pimm_fast.field_dims", path), ',')) p.field_dims.push_back(std::stoll(d));
+  for (const auto& d : split(metadata(p.meta, "pimm_fast.field_dims", path), ',')) {
+    p.field_dims.push_back(std::stoll(d));
+  }
   p.tasks = split(metadata(p.meta, "pimm_fast.task_names", path), ',');
   p.num_dense = std::stoll(metadata(p.meta, "pimm_fast.num_dense", path));
   // Packages written before bag fields could be exported have no such key: no bags.
@@ -434,7 +436,8 @@ uint64_t fnv1a64(const std::string& token, uint64_t h) {
 // The token looked up for a cell: the cell, or its digest when longer than 64 bytes.
 std::string canonical(const std::string& cell) {
   if (cell.size() <= 64) return cell;
-  return std::string(1, '\0') + hex64(fnv1a64(cell, 0xcbf29ce484222325ULL)) + hex64(fnv1a64(cell, 0x6c62272e07bb0142ULL));
+  return std::string(1, '\0') + hex64(fnv1a64(cell, 0xcbf29ce484222325ULL)) +
+         hex64(fnv1a64(cell, 0x6c62272e07bb0142ULL));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -565,7 +568,9 @@ int run_raw(Package& p, const std::string& model_path, const std::string& csv_pa
   std::vector<size_t> keys;
   if (opt.keep_given) {
     for (const auto& name : opt.keep) {
-      if (!column.count(name)) throw std::runtime_error(csv_path + ": --keep-columns: no column '" + name + "' in the header");
+      if (!column.count(name)) {
+        throw std::runtime_error(csv_path + ": --keep-columns: no column '" + name + "' in the header");
+      }
       keys.push_back(column[name]);
     }
   } else {
@@ -628,8 +633,8 @@ int run_raw(Package& p, const std::string& model_path, const std::string& csv_pa
   while (csv.next(cells)) {
     if (cells.size() == 1 && cells[0].empty() && header.size() > 1) continue;  // a blank line
     if (cells.size() != header.size()) {
-      throw std::runtime_error(csv.where() + "expected " + std::to_string(header.size()) + " cells (as the header), got " +
-                               std::to_string(cells.size()));
+      throw std::runtime_error(csv.where() + "expected " + std::to_string(header.size()) +
+                               " cells (as the header), got " + std::to_string(cells.size()));
     }
     for (int64_t f = 0; f < num_fields; ++f) {
       const std::string& cell = cells[field_col[f]];
@@ -672,8 +677,8 @@ int run_raw(Package& p, const std::string& model_path, const std::string& csv_pa
       report += (report.empty() ? "" : ", ") + vocab.fields[f].name + " " + std::to_string(unseen[f]);
     }
   }
-  std::cerr << "score_csv: " << total << " rows; unseen values (code 0) per field: " << (report.empty() ? "none" : report)
-            << "\n";
+  std::cerr << "score_csv: " << total << " rows; unseen values (code 0) per field: "
+            << (report.empty() ? "none" : report) << "\n";
   return 0;
 }
 
@@ -703,7 +708,9 @@ int run(int argc, char** argv) {
       continue;
     }
     int64_t n = 0;
-    if (!parse_int(value, n) || n < 1) throw std::invalid_argument(flag + " needs a positive integer, got '" + value + "'");
+    if (!parse_int(value, n) || n < 1) {
+      throw std::invalid_argument(flag + " needs a positive integer, got '" + value + "'");
+    }
     if (flag == "--threads") at::set_num_threads(static_cast<int>(n));
     if (flag == "--bench") opt.bench_rounds = static_cast<int>(n);
     if (flag == "--batch") opt.batch_rows = n;

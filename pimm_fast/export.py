@@ -6,6 +6,12 @@
     probs = score(ids)                   # ids [B, F] int64/int32 (+ dense [B, K] floats) -> probs [B, T]
     score.metadata["task_names"]
 
+With the model's vocabulary (``pimm_fast.data.Vocabulary``, the id encoding of its training file) the
+package scores raw values, from Python and from C++ (examples/score_csv.cpp):
+
+    px.save(model, "model.pt2", vocabulary=vocab)   # stored in the archive: extra/pimm_fast/vocabulary.txt
+    probs, unseen = px.load("model.pt2").score_columns({"user": ["u1", "u7"], "hour": [3, 5], ...})
+
 A model with multi-valued (bag) fields - the last ``num_bag_fields`` fields, as the data loaders order
 them - is exported too; its package takes the single-valued ids and the bags apart:
 
@@ -51,7 +57,8 @@ VOCAB_NAME = "pimm_fast/vocabulary.txt"  # an extra file of the PT2 archive (tex
 VOCAB_RECORD = "extra/" + VOCAB_NAME  # its record name (torch.export.pt2_archive.constants.EXTRA_DIR)
 _ISA_ORDER = ("DEFAULT", "NO AVX", "ZVECTOR", "AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability()
 
-__all__ = ["save", "load", "read_metadata", "read_vocabulary", "ExportedModel", "ExportedBagModel", "ExportError", "PackageError"]
+__all__ = ["save", "load", "read_metadata", "read_vocabulary", "ExportedModel", "ExportedBagModel", "ExportError",
+           "PackageError"]
 
 
 class ExportError(RuntimeError):
@@ -346,7 +353,8 @@ def _vocabulary_text(vocabulary: Any, meta: dict) -> str:
         except DataFormatError as err:
             raise ExportError(str(err)) from None
     if not isinstance(vocabulary, Vocabulary):
-        raise ExportError(f"vocabulary must be a pimm_fast.data.Vocabulary or its bytes, got {type(vocabulary).__name__}")
+        raise ExportError(f"vocabulary must be a pimm_fast.data.Vocabulary or its bytes, got "
+                          f"{type(vocabulary).__name__}")
     problems = []
     if list(vocabulary.field_dims) != meta["field_dims"]:
         problems.append(f"field sizes {list(vocabulary.field_dims)} (fields {list(vocabulary.field_names)}) != the "
