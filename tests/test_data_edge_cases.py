@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pimm_fast
-from pimm_fast.data import DataFormatError, load, tables
+from pimm_fast.data import DataFormatError, load, readers, tables
 from pimm_fast.data import cache as cache_mod
 
 
@@ -37,7 +37,7 @@ def test_long_ids_stay_distinct_and_oversized_cells_are_errors(tmp_path, monkeyp
     path.write_text("user,click,buy\n" + "".join(f"{a if i % 2 else b},{i % 2},0\n" for i in range(40)))
     s = load(f"csv:{path}?labels=click,buy", cache_dir=None, valid_fraction=0.0)
     assert s.field_dims == (3,)
-    monkeypatch.setattr(tables, "MAX_CELL_BYTES", 50)
+    monkeypatch.setattr(readers, "MAX_CELL_BYTES", 50)
     with pytest.raises(DataFormatError, match=r"line 2: a cell of 101 bytes is above the limit of 50 bytes"):
         load(f"csv:{path}?labels=click,buy", cache_dir=None)
 
@@ -50,7 +50,7 @@ def test_quoted_field_after_the_first_mib_is_read(tmp_path):
     assert path.stat().st_size > 1 << 20
     s = load(f"csv:{path}?labels=click,buy", cache_dir=None, valid_fraction=0.0)
     assert len(s.train) + len(s.test) == 120_000 and s.field_dims[0] == 22  # 20 users + 'u,quoted' + unseen
-    table = tables.read_csv(path, ["click", "buy"], None, "bytes", chunk_bytes=1 << 16)  # quote in a late chunk
+    table = readers.read_csv(path, ["click", "buy"], None, "bytes", chunk_bytes=1 << 16)  # quote in a late chunk
     assert len(table.labels) == 120_000 and table.features[0][-5] == b"u,quoted"
 
 
@@ -179,3 +179,59 @@ def test_encode_false_on_a_decimal_column_asks_for_features_and_dense(tmp_path):
         load(f"csv:{path}?labels=click,buy&encode=false", cache_dir=None)
     s = load(f"csv:{path}?labels=click,buy&encode=false&dense=price", cache_dir=None)
     assert s.field_dims == (5,) and s.train.dense_names == ("price",)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# defects found while writing the scoring reader (issue 17)
+# ---------------------------------------------------------------------------------------------------------------
+def test_parquet_negative_integer_ids_are_tokens_with_encode_true(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    users = [-5, 3, -5, 7, 3, -1] * 10
+    labels = {"click": [1, 0] * 30, "buy": [0] * 60}
+    pq.write_table(pa.table({"user": pa.array(users, pa.int64()), **labels}), tmp_path / "t.parquet")
+    (tmp_path / "t.csv").write_text("user,click,buy\n" + "".join(f"{u},{c},0\n" for u, c in zip(users,
+                                                                                              labels["click"])))
+    from_parquet = load(f"csv:{tmp_path / 't.parquet'}?labels=click,buy", cache_dir=None, valid_fraction=0.0)
+    from_csv = load(f"csv:{tmp_path / 't.csv'}?labels=click,buy", cache_dir=None, valid_fraction=0.0)
+    assert from_parquet.field_dims == from_csv.field_dims == (5,)  # 4 ids + the unseen code
+    assert torch.equal(from_parquet.train.x, from_csv.train.x) and torch.equal(from_parquet.test.x, from_csv.test.x)
+    assert from_parquet.vocabulary.fields[0].keys.tolist() == [b"-1", b"-5", b"3", b"7"]
+    with pytest.raises(DataFormatError, match=r"row 1: id 'user' = -5 is negative"):
+        load(f"csv:{tmp_path / 't.parquet'}?labels=click,buy&encode=false", cache_dir=None)
+
+
+def test_an_unterminated_quote_is_reported_where_it_opens(tmp_path):
+    lines = rows(80)
+    lines[39] = '"u' + lines[39]  # file line 41 (after the header): the quote never closes
+    path = tmp_path / "t.csv"
+    path.write_text("user,item,click,buy\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=r"t\.csv, line 41: the row starting here does not end: a quote"):
+        load(f"csv:{path}?labels=click,buy", cache_dir=None)
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+@pytest.mark.parametrize("cell, problem", [(b"u\xff1", r"is not UTF-8"), (b"u\x001", r"holds a NUL byte")])
+def test_id_cells_with_nul_or_invalid_utf8_are_refused(tmp_path, quoted, cell, problem):
+    body = [line.encode() for line in rows(60)]
+    body[29] = cell + body[29][body[29].index(b","):]  # file line 31
+    if quoted:
+        body[4] = b'"u,1"' + body[4][body[4].index(b","):]  # a quote anywhere: the csv-module path
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"user,item,click,buy\n" + b"\n".join(body) + b"\n")
+    with pytest.raises(DataFormatError, match=rf"t\.csv, line 31: column 'user': the id cell .*{problem}"):
+        load(f"csv:{path}?labels=click,buy", cache_dir=None)
+    # the same bytes in a column that is not read are no concern
+    s = load(f"csv:{path}?labels=click,buy&features=item", cache_dir=None)
+    assert s.report["ignored_columns"] == ["user"]
+
+
+def test_synthetic_specs_carve_a_validation_split_in_every_command():
+    # docs/data.md said the train command sets valid_fraction=0 for synthetic specs; the code (since the
+    # trainer validates) carves valid_fraction (10 %) of the data, as README.md and docs/experiments.md say
+    from pimm_fast.cli import load_data
+
+    s = load_data("synthetic:demo", samples=1000, seed=0, quiet=True)
+    assert (len(s.train), len(s.valid), len(s.test)) == (700, 100, 200)
+    assert load_data("synthetic:demo?valid_fraction=0", samples=1000, seed=0, quiet=True).valid is None

@@ -75,15 +75,15 @@ def test_aitm_variant_parses_joins_encodes_and_drops(tmp_path):
     np.testing.assert_array_equal(y, [[0, 0], [1, 0], [1, 1], [0, 0]])
     col = {f: x[:, i] for i, f in enumerate(AITM_FIELDS)}
     # 101: user A has 2 kept impressions, user B 2 (one dropped): both ids reach min_count 2 -> codes 1, 2
-    # in increasing raw-id order (5 < 31319); counted per impression, not per common row
-    np.testing.assert_array_equal(col["101"], [2, 2, 1, 1])
+    # in the bytes order of their decimal text ("31319" < "5"); counted per impression, not per common row
+    np.testing.assert_array_equal(col["101"], [1, 1, 2, 2])
     assert (col["126"] == 0).all()  # missing field -> 0
     np.testing.assert_array_equal(col["205"], [1, 1, 0, 0])  # 100 seen twice (after the drop), 101/102 once
     np.testing.assert_array_equal(col["207"], [1, 0, 1, 1])  # shop 6 seen once -> 0
     assert (col["853"][1:] == 0).all() and col["853"][0] == 0  # 61 (the last value) seen once -> 0
     # test rows use the train vocabulary: item 999 unseen -> 0, user 77 (test-only common row for B) -> 0
     np.testing.assert_array_equal(arrays["test.x"][:, AITM_FIELDS.index("205")], [1, 0])
-    np.testing.assert_array_equal(arrays["test.x"][:, AITM_FIELDS.index("101")], [0, 2])
+    np.testing.assert_array_equal(arrays["test.x"][:, AITM_FIELDS.index("101")], [0, 1])
     assert info["field_dims"][AITM_FIELDS.index("101")] == 3  # codes 0..2
 
 
@@ -235,7 +235,7 @@ def test_synthetic_raw_writer_matches_the_documented_shape(tmp_path):
 
 @pytest.mark.parametrize("kind", ["narrow", "wide", "missing", "small"])
 def test_vocabulary_dense_and_sorted_paths_agree_with_a_plain_count(kind):
-    from pimm_fast.data.aliccp import Vocabulary
+    from pimm_fast.data.aliccp import RawIds as Vocabulary
 
     rng = np.random.default_rng(0)
     vals = {"narrow": rng.integers(1000, 1100, 5000), "wide": rng.integers(0, 2 ** 40, 5000),
@@ -246,11 +246,15 @@ def test_vocabulary_dense_and_sorted_paths_agree_with_a_plain_count(kind):
             seen = vals[vals >= 0]
             uniq = np.unique(seen)
             count = {k: (w[vals == k].sum() if weights is not None else (seen == k).sum()) for k in uniq}
-            keys = np.array(sorted(k for k in uniq if count[k] >= min_count), dtype=np.int64)
-            expected = np.where(np.isin(vals, keys), np.searchsorted(keys, vals) + 1, 0)
+            keys = sorted(str(k).encode() for k in uniq if count[k] >= min_count)  # codes in text order
+            code = {int(k): i + 1 for i, k in enumerate(keys)}
+            expected = np.array([code.get(int(v), 0) for v in vals])
             vocab = Vocabulary(vals, min_count, weights=weights)
             np.testing.assert_array_equal(vocab.encode(vals), expected)
             assert vocab.size == len(keys) + 1
+            field = vocab.field("f", bag=False)  # the common vocabulary encodes the ids' text the same way
+            np.testing.assert_array_equal(field.encode(vals)[0], expected)
+            np.testing.assert_array_equal(Vocabulary.from_field(field).encode(vals), expected)
             assert (vocab.encode(np.array([-1, 2 ** 41])) == 0).all()  # missing and unseen ids
     offsets, per_row = np.array([0, 2, len(vals)]), np.array([3.0, 1.0])
     by_rows = Vocabulary(vals, 2, row_weights=(offsets, per_row))

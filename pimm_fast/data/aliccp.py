@@ -18,7 +18,8 @@ Two variants:
   109_14, 110_14, 127_14, 150_14 per user context) kept whole as bags (CSR), never truncated.
 
 Vocabulary (both variants): from the train file after the cascade policy, per field, ids seen at least
-``min_count`` times get codes 1..n in increasing raw-id order; rarer ids, unseen ids and missing fields get 0.
+``min_count`` times get codes 1..n in the bytes order of their decimal text (the order of the common
+:class:`~.vocab.Vocabulary`, whose keys are that text); rarer ids, unseen ids and missing fields get 0.
 The default ``min_count=12`` is AITM's rule (its counter starts at 0 and keeps ids whose count is > 10).
 User-side ids are counted once per impression (after the join), as AITM counts them.
 """
@@ -35,6 +36,8 @@ import numpy as np
 
 from ._bytes import ChunkError, DataFormatError, iter_chunks, line_of, name_key, pack_names, parse_hex, parse_uint, \
     token_text
+from .cache import VOCABULARY_ARRAY
+from .vocab import FieldVocab, Vocabulary
 
 AITM_FIELDS = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "216", "508",
                "509", "702", "853", "301")
@@ -354,8 +357,10 @@ def write_synthetic_raw(directory: Path, split: str = "train", num_rows: int = 1
 _DENSE_LIMIT = 1 << 28  # raw ids below this are counted with bincount (a dense table), above with np.unique
 
 
-class Vocabulary:
-    """Codes 1..n for the raw ids of one field seen at least ``min_count`` times (increasing raw-id order), else 0.
+class RawIds:
+    """Codes 1..n for the raw ids of one field seen at least ``min_count`` times, else 0; code i + 1 goes to
+    the i-th kept id in the bytes order of the decimal text, so :meth:`field` (keys = that text) encodes
+    the text of an id exactly as this encodes the integer.
 
     Counting uses a dense table over [smallest id, largest id] when that range is not much larger than the
     number of values (one bincount, O(n)); otherwise a sort (np.unique).
@@ -366,7 +371,10 @@ class Vocabulary:
         """``weights``: one per value; or ``row_weights=(offsets, weight per row)`` for CSR values, expanded
         block by block (the user-history bags hold hundreds of millions of values at full scale)."""
         self.dense: Optional[np.ndarray] = None
-        self.keys: Optional[np.ndarray] = None
+        self.keys: Optional[np.ndarray] = None  # kept ids, increasing (when no dense table)
+        self.codes: Optional[np.ndarray] = None  # code of each of keys
+        self.text = np.zeros(0, "S1")  # the kept ids' decimal text in bytes order (the common vocabulary's keys)
+        self.min_count = min_count
         self.base = 0
         present = values >= 0
         if not present.all():
@@ -377,6 +385,7 @@ class Vocabulary:
         if len(values) == 0:
             self.size = 1
             self.keys = np.zeros(0, dtype=np.int64)
+            self.codes = np.zeros(0, dtype=np.int32)
             return
         low, top = int(values.min()), int(values.max())
         span = top - low + 1
@@ -393,12 +402,11 @@ class Vocabulary:
                     counts += np.bincount(values[a:b] - low, weights=w, minlength=span)
             else:
                 counts = np.bincount(values - low if low else values, weights=weights, minlength=span)
-            kept = counts >= min_count - 1e-9
+            kept = np.flatnonzero(counts >= min_count - 1e-9)
             del counts
-            codes = np.cumsum(kept, dtype=np.int32)
-            self.size = int(codes[-1]) + 1  # before the rare ids are zeroed
-            codes[~kept] = 0
-            self.dense = codes
+            self.size = len(kept) + 1
+            self.dense = np.zeros(span, dtype=np.int32)
+            self.dense[kept] = self._text_order(kept + low)
         else:
             if row_weights is not None:
                 weights = np.repeat(row_weights[1], np.diff(row_weights[0]))
@@ -406,6 +414,32 @@ class Vocabulary:
             counts = np.bincount(inverse.reshape(-1), weights=weights, minlength=len(uniq))
             self.keys = uniq[counts >= min_count - 1e-9]
             self.size = len(self.keys) + 1
+            self.codes = self._text_order(self.keys)
+
+    def _text_order(self, ids: np.ndarray) -> np.ndarray:
+        """Codes (int32) of increasing ids: 1 + the rank of their decimal text in bytes order."""
+        text = np.asarray(ids, dtype=np.int64).astype("S20")
+        order = np.argsort(text, kind="stable")
+        self.text = text[order]
+        codes = np.empty(len(ids), dtype=np.int32)
+        codes[order] = np.arange(1, len(ids) + 1, dtype=np.int32)
+        return codes
+
+    def field(self, name: str, bag: bool) -> FieldVocab:
+        """The common vocabulary's field: keys = the kept ids' decimal text."""
+        return FieldVocab(name, "encoded", self.size, self.min_count, self.text, bag=bag)
+
+    @classmethod
+    def from_field(cls, f: FieldVocab) -> "RawIds":
+        """The encoder of a model's field, whose keys must be decimal ids (a field trained on aliccp-raw)."""
+        out = cls(np.zeros(0, dtype=np.int64), f.min_count)
+        keys = f.keys if f.keys is not None else np.zeros(0, "S1")
+        if f.kind != "encoded" or (len(keys) and not np.char.isdigit(keys).all()):
+            raise DataFormatError(f"the model's field {f.name!r} ({f.kind}) does not hold raw Ali-CCP ids")
+        ids = keys.astype(np.int64) if len(keys) else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        out.keys, out.codes, out.text, out.size = ids[order], (order + 1).astype(np.int32), keys, f.size
+        return out
 
     def encode(self, raw: np.ndarray) -> np.ndarray:
         """int32 codes of raw ids (-1 = missing, ids not in the vocabulary: 0)."""
@@ -414,12 +448,11 @@ class Vocabulary:
             shifted = raw - self.base if self.base else raw
             inside = (raw >= 0) & (shifted >= 0) & (shifted < len(self.dense))
             return np.where(inside, self.dense[np.where(inside, shifted, 0)], 0).astype(np.int32)
-        pos = np.searchsorted(self.keys, raw)
-        pos_c = np.minimum(pos, max(len(self.keys) - 1, 0))
-        hit = (len(self.keys) > 0) & (raw >= 0)
-        if len(self.keys):
-            hit = hit & (self.keys[pos_c] == raw)
-        return np.where(hit, pos_c + 1, 0).astype(np.int32)
+        if not len(self.keys):
+            return np.zeros(raw.shape, dtype=np.int32)
+        pos_c = np.minimum(np.searchsorted(self.keys, raw), len(self.keys) - 1)
+        hit = (raw >= 0) & (self.keys[pos_c] == raw)
+        return np.where(hit, self.codes[pos_c], 0).astype(np.int32)
 
 
 def _join(skeleton: RawTable, common: RawTable) -> np.ndarray:
@@ -468,12 +501,15 @@ def _read_pair(directory: Path, split: str, variant: str, threads: int, chunk_by
 
 def load_raw_arrays(directory: Path, variant: str = "aitm", min_count: int = 12, policy: str = "drop",
                     valid_fraction: float = 0.1, seed: int = 0, threads: int = 1, chunk_bytes: int = 2 << 20,
-                    hasher=None, log=lambda msg: None) -> tuple[dict, dict]:
+                    hasher=None, log=lambda msg: None, vocabulary: Optional[Vocabulary] = None
+                    ) -> tuple[dict, dict]:
     """Parse, join, encode and split a raw Ali-CCP directory; returns (arrays, info) for :mod:`.cache`.
 
     arrays: ``{train,valid,test}.x`` int32 [N, F], ``.y`` float32 [N, 2]; for the ``full`` variant also the bag
     tables ``table.{item,user}.{train,test}.{field}.{offsets,values}`` and per split ``{split}.bag.{group}``
-    (owner row of each sample). info: field names and sizes, bag groups, statistics.
+    (owner row of each sample). info: field names and sizes, bag groups, statistics. ``arrays["vocabulary"]``:
+    the common :class:`~.vocab.Vocabulary` (keys = decimal text of the raw ids). With a model's
+    ``vocabulary`` the ids are encoded with it instead of one counted on the train file.
     """
     from .cascade import apply_policy, check_policy
 
@@ -491,6 +527,13 @@ def load_raw_arrays(directory: Path, variant: str = "aitm", min_count: int = 12,
     stats: dict = {"variant": variant, "min_count": min_count, "policy": policy}
     arrays: dict = {}
     vocab: dict = {}
+    if vocabulary is not None:
+        if vocabulary.field_names != tuple(single) + tuple(bags) or \
+                tuple(f.name for f in vocabulary.bag_fields) != tuple(bags):
+            raise DataFormatError(f"the model's fields {list(vocabulary.field_names)} (source "
+                                  f"{vocabulary.source!r}) are not the {variant!r} variant's {list(single)} + "
+                                  f"bags {list(bags)}")
+        vocab = {f.name: RawIds.from_field(f) for f in vocabulary.fields}
     raw_rows = 0
     for split in ("train", "test"):
         t0 = time.perf_counter()
@@ -507,18 +550,18 @@ def load_raw_arrays(directory: Path, variant: str = "aitm", min_count: int = 12,
         keep = apply_policy(y, policy, task_names, str(sk.path), fstats, where=lambda r: f"line {r + 1}")
         rows = np.arange(sk.rows, dtype=np.int64) if keep is None else np.flatnonzero(keep)
         kept_join = join[rows]
-        if split == "train":  # the vocabulary comes from the train file after the cascade policy
+        if split == "train" and vocabulary is None:  # from the train file after the cascade policy
             usage = np.bincount(kept_join, minlength=cm.rows).astype(np.float64)
             for j, name in enumerate(item_single):
-                vocab[name] = Vocabulary(sk.single[rows, j], min_count)
+                vocab[name] = RawIds(sk.single[rows, j], min_count)
             for j, name in enumerate(user_single):
-                vocab[name] = Vocabulary(cm.single[:, j], min_count, weights=usage)
+                vocab[name] = RawIds(cm.single[:, j], min_count, weights=usage)
             for name in item_bags:
                 lengths = np.diff(sk.bag_offsets[name])
                 mask = np.repeat(keep if keep is not None else np.ones(sk.rows, bool), lengths)
-                vocab[name] = Vocabulary(sk.bag_values[name][mask], min_count)
+                vocab[name] = RawIds(sk.bag_values[name][mask], min_count)
             for name in user_bags:
-                vocab[name] = Vocabulary(cm.bag_values[name], min_count, row_weights=(cm.bag_offsets[name], usage))
+                vocab[name] = RawIds(cm.bag_values[name], min_count, row_weights=(cm.bag_offsets[name], usage))
         for name in item_bags:  # encode, then let the raw ids go at once (they are the bulk at full scale)
             arrays[f"table.item.{split}.{name}.offsets"] = sk.bag_offsets[name]
             arrays[f"table.item.{split}.{name}.values"] = vocab[name].encode(sk.bag_values.pop(name))
@@ -555,6 +598,9 @@ def load_raw_arrays(directory: Path, variant: str = "aitm", min_count: int = 12,
         stats[split + "_file"] = fstats
     stats["raw_rows"] = raw_rows
     stats["seconds"] = time.perf_counter() - started
+    common = Vocabulary([vocab[n].field(n, False) for n in single] + [vocab[n].field(n, True) for n in bags],
+                        label_names=("click", "conversion"), task_names=task_names, source="aliccp-raw")
+    arrays[VOCABULARY_ARRAY] = np.frombuffer(common.to_bytes(), dtype=np.uint8)
     info = {
         "source": "aliccp-raw", "field_names": list(single), "field_dims": [vocab[n].size for n in single],
         "task_names": list(task_names), "stats": stats,

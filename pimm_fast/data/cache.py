@@ -27,8 +27,10 @@ import numpy as np
 
 from ._bytes import fsync_dir
 
-FORMAT_VERSION = 3  # 2: keys on file content; 3: rechub-csv reads its dense D* columns by default
+FORMAT_VERSION = 4  # 2: keys on file content; 3: rechub-csv reads its dense D* columns by default;
+# 4: long tokens digested with FNV (the vocabulary contract), the vocabulary stored as vocabulary.npy
 MANIFEST = "manifest.json"
+VOCABULARY_ARRAY = "vocabulary"  # the array holding the Vocabulary's text format (uint8)
 FULL_HASH_BYTES = 1 << 30  # files up to 1 GiB are hashed whole (BLAKE2b, about 1 GB/s)
 SAMPLE_BLOCKS = 64
 SAMPLE_BYTES = 1 << 16

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from ..metrics import auc
+from .vocab import Vocabulary
 
 
 @dataclass
@@ -127,7 +128,10 @@ class CascadeData:
 
 @dataclass
 class Splits:
-    """What :func:`pimm_fast.data.load` returns: the splits ready for the batcher, and what was done to them."""
+    """What :func:`pimm_fast.data.load` returns: the splits ready for the batcher, and what was done to them.
+
+    ``vocabulary``: how the raw ids became codes (:class:`~.vocab.Vocabulary`): a model trained on these
+    splits keeps it to encode new raw files the same way."""
 
     train: CascadeData
     valid: Optional[CascadeData]
@@ -135,6 +139,7 @@ class Splits:
     field_dims: tuple[int, ...]
     task_names: tuple[str, ...]
     stats: dict = field(default_factory=dict)
+    vocabulary: Optional[Vocabulary] = None
 
     @property
     def field_names(self) -> tuple[str, ...]:

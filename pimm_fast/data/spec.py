@@ -29,6 +29,7 @@ from . import aliccp, cache, tables
 from ._bytes import DataFormatError
 from .core import BagTable, CascadeData, Splits
 from .synthetic import PRESETS, generate, preset_config, train_test_split
+from .vocab import FieldVocab, Vocabulary
 
 KINDS = ("synthetic", "aliccp-raw", "aitm-csv", "rechub-csv", "csv")
 
@@ -204,8 +205,13 @@ def _to_splits(arrays: dict, info: dict, meta: dict) -> Splits:
                                   f"{'train on' if split == 'train' else 'evaluate'}")
     stats = info.get("stats", {})
     _report(stats, out)
+    vocabulary = Vocabulary.from_bytes(np.asarray(arrays[cache.VOCABULARY_ARRAY]).tobytes(),
+                                       where=f"the vocabulary of {meta.get('cache') or meta.get('spec')}")
+    if vocabulary.field_dims != field_dims + tuple(d for g in info.get("bag_groups", []) for d in g["dims"]):
+        raise DataFormatError(f"{meta.get('spec')}: the vocabulary's field sizes {vocabulary.field_dims} disagree "
+                              f"with the data's {field_dims}")
     return Splits(train=out["train"], valid=out["valid"], test=out["test"], field_dims=field_dims,
-                  task_names=task_names, stats=stats)
+                  task_names=task_names, stats=stats, vocabulary=vocabulary)
 
 
 def _sha256_files(paths) -> str:
@@ -237,8 +243,10 @@ def _load_synthetic(preset: str, opts: dict, spec: str) -> Splits:
              "valid_rows": 0 if valid is None else len(valid), "test_rows": len(test),
              "rates": data.rates(), "oracle_auc": data.oracle_auc(), "cascade_dropped": 0,
              "dropped": {}, "altered": {}, "warnings": []}  # generated rows obey the cascade: none dropped
+    vocabulary = Vocabulary([FieldVocab(n, "identity", d) for n, d in zip(data.meta["field_names"], config.field_dims)],
+                            label_names=config.task_names, task_names=config.task_names, source="synthetic")
     return Splits(train=train, valid=valid, test=test, field_dims=tuple(config.field_dims),
-                  task_names=tuple(config.task_names), stats=stats)
+                  task_names=tuple(config.task_names), stats=stats, vocabulary=vocabulary)
 
 
 def _sources(kind: str, arg: str, opts: dict) -> list[Path]:
@@ -264,8 +272,8 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
          scale: Optional[float] = None, min_count: Optional[int] = None, variant: Optional[str] = None,
          labels=None, features=None, dense=None, extra: Optional[str] = None, encode: Optional[bool] = None,
          dims: Optional[str] = None, header: Optional[str] = None, task_names=None, threads: Optional[int] = None,
-         cache_dir: Optional[str | Path] = "auto", mmap: bool = True, log: Optional[Callable[[str], None]] = None
-         ) -> Splits:
+         cache_dir: Optional[str | Path] = "auto", mmap: bool = True, log: Optional[Callable[[str], None]] = None,
+         vocabulary: Optional[Vocabulary] = None) -> Splits:
     """Load the source named by ``spec`` into train / valid / test splits (see the module doc for specs).
 
     Common options: ``seed`` (splits; default 0), ``policy`` ('drop' | 'error' | 'keep' rows that break the
@@ -274,6 +282,12 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
     order), ``features`` (categorical) and ``dense`` (numerical) columns (comma lists or globs), ``extra``,
     ``encode``, ``test_fraction``. ``cache_dir``: 'auto' ($PIMM_FAST_CACHE_DIR
     or ~/.cache/pimm_fast), a directory, or None (no cache). ``mmap``: map a cache instead of reading it.
+
+    ``vocabulary``: a trained model's (``Splits.vocabulary`` of its training data): the files are encoded
+    with it, not with a vocabulary built from their training split, so codes mean what they meant in
+    training. csv: fields and dense columns matched by name in any column order (labels default to the
+    model's); aitm-csv, rechub-csv: sizes are the model's, an id outside them is an error naming the line;
+    aliccp-raw: the raw ids are looked up in the model's keys. Synthetic data takes none.
     """
     kind, arg, from_spec = parse_spec(spec)
     given = {"samples": samples, "seed": seed, "policy": policy, "valid_fraction": valid_fraction,
@@ -283,6 +297,8 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
     opts = _merge(kind, spec, from_spec, given)
     say = log or (lambda msg: None)
     if kind == "synthetic":
+        if vocabulary is not None:
+            raise ValueError(f"data spec {spec!r}: synthetic data is generated, not encoded: it takes no vocabulary")
         return _load_synthetic(arg, opts, spec)
     if "cache" in opts:  # the spec names the cache: 'none' / 'off' disables it, 'auto' is the default place
         cache_dir = None if opts["cache"].lower() in ("none", "off", "") else opts["cache"]
@@ -291,6 +307,8 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
         check_policy(opts["policy"])
     paths = _sources(kind, arg, opts)
     cache_options = {k: v for k, v in opts.items() if k not in ("threads", "cache")}
+    if vocabulary is not None:  # the codes depend on it
+        cache_options["vocabulary_sha256"] = hashlib.sha256(vocabulary.to_bytes()).hexdigest()
     key = cache.cache_key(kind, cache.fingerprint(paths), cache_options)
     target = None
     if cache_dir is not None:
@@ -308,27 +326,28 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
                                               min_count=opts.get("min_count", 12), policy=opts.get("policy", "drop"),
                                               valid_fraction=opts.get("valid_fraction", 0.1),
                                               seed=opts.get("seed", 0), threads=opts.get("threads", 1),
-                                              hasher=hasher, log=say)
+                                              hasher=hasher, log=say, vocabulary=vocabulary)
         source_hash = hasher.hexdigest()
     else:
         if kind == "aitm-csv":
             arrays, info = tables.load_aitm_csv(Path(arg), policy=opts.get("policy", "drop"),
                                                 valid_fraction=opts.get("valid_fraction", 0.1),
-                                                seed=opts.get("seed", 0), dims=opts.get("dims", "aitm"))
+                                                seed=opts.get("seed", 0), dims=opts.get("dims", "aitm"),
+                                                vocabulary=vocabulary)
         elif kind == "rechub-csv":
             arrays, info = tables.load_rechub_csv(Path(arg), policy=opts.get("policy", "drop"),
-                                                  dense=opts.get("dense"))
+                                                  dense=opts.get("dense"), vocabulary=vocabulary)
         else:
-            if "labels" not in opts:
+            if "labels" not in opts and vocabulary is None:
                 raise ValueError(f"data spec {spec!r}: name the label columns in funnel order, e.g. "
                                  f"csv:{arg}?labels=click,purchase (or labels=[...])")
-            arrays, info = tables.load_table(Path(arg), labels=opts["labels"], features=opts.get("features"),
-                                             extra=opts.get("extra", "ignore"), encode=opts.get("encode", True),
+            arrays, info = tables.load_table(Path(arg), labels=opts.get("labels"), features=opts.get("features"),
+                                             extra=opts.get("extra", "ignore"), encode=opts.get("encode"),
                                              min_count=opts.get("min_count", 1), policy=opts.get("policy", "drop"),
                                              valid_fraction=opts.get("valid_fraction", 0.1),
                                              test_fraction=opts.get("test_fraction", 0.2), seed=opts.get("seed", 0),
                                              header=opts.get("header", "auto"), task_names=opts.get("task_names"),
-                                             dense=opts.get("dense"))
+                                             dense=opts.get("dense"), vocabulary=vocabulary)
         source_hash = _sha256_files(paths)
     info.update(key=key, kind=kind, spec=spec, options=cache_options, sources=cache.fingerprint(paths),
                 source_sha256=source_hash, created=time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -1,28 +1,25 @@
-"""Preprocessed tables: the AITM 18-field CSV, the torch-rechub Ali-CCP CSV, and generic CSV / Parquet files.
+"""The table loaders: the AITM 18-field CSV, the torch-rechub Ali-CCP CSV, and generic CSV / Parquet files.
 
-CSV files are tokenized in chunks on their raw bytes (numpy, no per-line Python). Files with quoted fields
-fall back to Python's ``csv`` module (same results, slower). A header line is recognised by its content
-(a first line with a non-numeric token in a label or feature column), never assumed: AITM's test.csv has
-no header, and PaddleRec's reader silently loses its first row by skipping one anyway.
-
-Every loader returns ``(arrays, info)`` in the layout of :mod:`.cache` (``{split}.x`` int32, ``{split}.y``
-float32), after the label checks and the cascade policy of :mod:`.cascade`.
+The files are read by :mod:`.readers`. Every loader returns ``(arrays, info)`` in the layout of :mod:`.cache`
+(``{split}.x`` int32, ``{split}.y`` float32, ``info["vocabulary"]``: the :class:`~.vocab.Vocabulary` text),
+after the label checks and the cascade policy of :mod:`.cascade`.
 """
 from __future__ import annotations
 
-import csv as _csv
 import fnmatch
-import hashlib
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ._bytes import ChunkError, DataFormatError, iter_chunks, line_of, parse_uint
+from ._bytes import DataFormatError
 from .aliccp import AITM_FIELDS, AITM_VOCAB_SIZES
+from .cache import VOCABULARY_ARRAY
 from .cascade import apply_policy, check_labels, check_policy
+from .vocab import FieldVocab, Vocabulary
+from .readers import MAX_RAW_VOCAB, Table, column_names, dense_matrix, looks_numerical, match_columns, read_any, \
+    read_csv, read_first_line, split_line
 
 RECHUB_SPARSE = ("101", "121", "122", "124", "125", "126", "127", "128", "129", "205", "206", "207", "210", "216",
                  "508", "509", "702", "853", "301", "109_14", "110_14", "127_14", "150_14")
@@ -32,452 +29,9 @@ RECHUB_LABELS = ("click", "purchase")
 AITM_LABELS = ("click", "purchase")
 
 
-@dataclass
-class Table:
-    """Columns of one file: labels [N, T] float64, features as int64 arrays or byte strings (``S`` dtype)."""
-
-    path: Path
-    labels: np.ndarray
-    features: list  # one array per feature column
-    first_line: int  # file line number of data row 0 (1 without a header, 2 with one)
-    header: Optional[list]
-    ignored: list  # names (or indices) of the columns that were read past
-    label_names: Optional[list] = None  # label columns as the file names them (for messages)
-    feature_names: Optional[list] = None  # feature columns as the file names them (indices without a header)
-    dense_tokens: list = field(default_factory=list)  # one array per dense column (bytes tokens or floats)
-    dense_names: list = field(default_factory=list)
-
-    def where(self, row: int) -> str:
-        return f"line {self.first_line + row}"
-
-
-MAX_CELL_BYTES = 1 << 20  # a cell above 1 MiB is an error (documented in docs/data.md)
-MAX_TOKEN_WIDTH = 64  # id tokens longer than this are kept as a 128-bit digest: memory stays rows x 64 bytes
-MAX_RAW_VOCAB = 1 << 26  # encode=False: a field whose max id + 1 exceeds this is rejected (use encode=True)
-_MISSING = {b"", b"na", b"nan", b"null", b"none", b"?", b"-", b"n/a", b"#n/a"}
-_BOM = b"\xef\xbb\xbf"
-
-
-def _digest(token: bytes) -> bytes:
-    """A long token's stand-in: 0xff (never in UTF-8 text) + 32 hex digits of its BLAKE2b-128."""
-    return b"\xff" + hashlib.blake2b(token, digest_size=16).hexdigest().encode()
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def _match(patterns: Sequence, header: Optional[list], ncols: int, path: Path, role: str) -> list[int]:
-    """Column indices of ``patterns``: names, shell-style globs (``categorical_*``) or 0-based indices."""
-    out = []
-    for c in patterns:
-        if isinstance(c, int) or (isinstance(c, str) and c.isdigit() and (header is None or c not in header)):
-            i = int(c)
-            if not 0 <= i < ncols:
-                raise DataFormatError(f"{path}: {role} column index {i} is out of range (the file has {ncols})")
-            found = [i]
-        elif header is None:
-            raise DataFormatError(f"{path}: {role} column {c!r} is named, but the file has no header line "
-                                  f"(name columns by index instead)")
-        elif any(ch in c for ch in "*?["):
-            found = [i for i, name in enumerate(header) if fnmatch.fnmatchcase(name, c)]
-            if not found:
-                raise DataFormatError(f"{path}: the {role} pattern {c!r} matches no column of {header}")
-        elif c not in header:
-            raise DataFormatError(f"{path}: {role} column {c!r} is not in the header {header}")
-        else:
-            found = [i for i, name in enumerate(header) if name == c]
-            if len(found) > 1:
-                raise DataFormatError(f"{path}: the header names {c!r} {len(found)} times (columns "
-                                      f"{[i + 1 for i in found]}); rename the duplicates")
-        out.extend(i for i in found if i not in out)
-    return out
-
-
-def select_columns(header: Optional[list], ncols: int, path: Path, labels: Sequence,
-                   features: Optional[Sequence], dense: Optional[Sequence], extra: str):
-    """(label, feature, dense, ignored) column indices. ``features=None``: every column that is neither a
-    label nor dense. Globs expand in file order; overlaps between the roles and used duplicates are errors."""
-    if extra not in ("ignore", "error"):
-        raise ValueError(f"extra must be 'ignore' or 'error', got {extra!r}")
-    label_idx = _match(labels, header, ncols, path, "label")
-    if len(label_idx) != len(labels):
-        raise DataFormatError(f"{path}: label columns must name one column each, got {list(labels)}")
-    dense_idx = _match(dense or (), header, ncols, path, "dense")
-    if features is None:
-        feature_idx = [i for i in range(ncols) if i not in label_idx and i not in dense_idx]
-    else:
-        feature_idx = _match(features, header, ncols, path, "feature")
-    for a, b, ia, ib in (("label", "feature", label_idx, feature_idx), ("label", "dense", label_idx, dense_idx),
-                         ("feature", "dense", feature_idx, dense_idx)):
-        overlap = sorted(set(ia) & set(ib))
-        if overlap:
-            shown = [header[i] if header else i for i in overlap]
-            raise DataFormatError(f"{path}: column(s) {shown} named both as {a} and as {b}")
-    if header is not None:
-        used = label_idx + feature_idx + dense_idx
-        names = [header[i] for i in used]
-        dups = sorted({n for n in names if header.count(n) > 1})
-        if dups:
-            raise DataFormatError(f"{path}: the header names {dups} more than once; rename the duplicates "
-                                  f"(a duplicate name is ambiguous)")
-    rest = [i for i in range(ncols) if i not in label_idx and i not in feature_idx and i not in dense_idx]
-    ignored = [header[i] if header else i for i in rest]
-    if rest and extra == "error":
-        raise DataFormatError(f"{path}: column(s) {ignored} are neither labels nor features "
-                              f"(pass extra='ignore' to skip them)")
-    return label_idx, feature_idx, dense_idx, ignored
-
-
-def _first_line(path: Path) -> tuple[bytes, int]:
-    """(first line without a UTF-8 BOM, length of the BOM); bounded by the cell-size limit."""
-    with open(path, "rb") as f:
-        line = f.readline(64 * MAX_CELL_BYTES + 1)
-    if not line:
-        raise DataFormatError(f"{path}: the file is empty")
-    if len(line) > 64 * MAX_CELL_BYTES:
-        raise DataFormatError(f"{path}, line 1: longer than {64 * MAX_CELL_BYTES >> 20} MiB")
-    bom = len(_BOM) if line.startswith(_BOM) else 0
-    return line[bom:], bom
-
-
-def _split_line(line: bytes) -> list[str]:
-    text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-    return next(_csv.reader([text]))
-
-
-def _parse_labels(tokens: np.ndarray, path: Path, first_line: int, name: str) -> np.ndarray:
-    """Label tokens (bytes) -> float64, through their few distinct values (errors name the line)."""
-    uniq, inverse = np.unique(tokens, return_inverse=True)
-    values = np.empty(len(uniq))
-    for i, tok in enumerate(uniq):
-        text = tok.decode("utf-8", errors="replace").strip()
-        try:
-            values[i] = float(text)
-        except ValueError:
-            row = int(np.flatnonzero(inverse == i)[0])
-            what = "is empty (a missing label)" if not text else "is not a number"
-            raise DataFormatError(f"{path}, line {first_line + row}: label {name!r} = {text!r} {what}") from None
-    return values[inverse.reshape(-1)]
-
-
-def parse_floats(tokens: np.ndarray, where, source: str, name: str) -> tuple[np.ndarray, int]:
-    """Numerical tokens (bytes) -> (float32 values with NaN for missing, count of missing cells).
-
-    Missing: an empty cell, NA, NaN, null, None, ?, -, N/A (any case) and +-inf. Anything else that is
-    not a number is an error naming the row."""
-    try:
-        values = tokens.astype(np.float64)
-    except ValueError:
-        uniq, inverse = np.unique(tokens, return_inverse=True)
-        table = np.empty(len(uniq))
-        for i, tok in enumerate(uniq):
-            t = bytes(tok).strip()
-            if t.lower() in _MISSING:
-                table[i] = np.nan
-                continue
-            try:
-                table[i] = float(t)
-            except ValueError:
-                row = int(np.flatnonzero(inverse == i)[0])
-                raise DataFormatError(f"{source}, {where(row)}: dense column {name!r} = "
-                                      f"{t[:40].decode('utf-8', 'replace')!r} is not a number") from None
-        values = table[inverse.reshape(-1)]
-    values[~np.isfinite(values)] = np.nan
-    return values.astype(np.float32), int(np.isnan(values).sum())
-
-
-def looks_numerical(column: np.ndarray, sample: int = 20000) -> bool:
-    """Whether the tokens of a column (bytes) are numbers with a fraction or exponent (not ids)."""
-    if column.dtype.kind != "S" or not len(column):
-        return column.dtype.kind == "f"
-    uniq = np.unique(column[:sample])
-    uniq = uniq[uniq != b""]
-    if not len(uniq) or not any((b"." in u) or (b"e" in u.lower()) for u in uniq[:1000]):
-        return False
-    try:
-        uniq[:1000].astype(np.float64)
-    except ValueError:
-        return False
-    return True
-
-
-def _tokens_as_bytes(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, long: str = "digest") -> np.ndarray:
-    """Tokens as a fixed-width ``S`` array of at most MAX_TOKEN_WIDTH bytes: memory is rows x 64 bytes
-    whatever the longest cell. Longer tokens: ``long='digest'`` keeps a digest (ids stay distinct),
-    ``'error'`` raises."""
-    lens = ends - starts
-    over = np.flatnonzero(lens > MAX_TOKEN_WIDTH)
-    if len(over) and long == "error":
-        i = int(over[0])
-        raise ChunkError(starts[i], f"a cell of {int(lens[i]):,} bytes is not a number")
-    width = max(1, min(int(lens.max(initial=1)), MAX_TOKEN_WIDTH))
-    out = np.zeros((len(starts), width), dtype=np.uint8)
-    for k in range(width):
-        inside = lens > k
-        out[:, k] = np.where(inside, buf[np.minimum(starts + k, len(buf) - 1)], 0)
-    out = out.view(f"S{width}").reshape(-1)
-    if len(over):
-        out = out.astype(f"S{max(width, 33)}")
-        for i in over:
-            out[i] = _digest(bytes(buf[starts[i]:ends[i]]))
-    return out
-
-
-def _tokenize_chunk(buf: np.ndarray, ncols: int, wanted: Sequence[int], kinds: Sequence[str]):
-    """Tokens of the ``wanted`` columns of a chunk of whole lines: kinds 'int' (int64), 'bytes' (S, long
-    cells digested), 'label' / 'float' (S, long cells an error)."""
-    cand = np.flatnonzero((buf == 44) | (buf == 10))
-    s = buf[cand]
-    nl_idx = np.flatnonzero(s == 10)
-    per_line = np.diff(nl_idx, prepend=-1)
-    bad = per_line != ncols
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
-        start = 0 if r == 0 else int(cand[nl_idx[r - 1]]) + 1
-        raise ChunkError(start, f"expected {ncols} comma-separated columns, found {int(per_line[r])}")
-    rows = len(nl_idx)
-    ends = cand.reshape(rows, ncols)
-    nl = ends[:, -1]
-    out = []
-    for col, kind in zip(wanted, kinds):
-        lo = (np.concatenate(([0], nl[:-1] + 1)) if col == 0 else ends[:, col - 1] + 1)
-        hi = ends[:, col]
-        if col == ncols - 1:
-            hi = hi - (buf[np.maximum(hi - 1, 0)] == 13)
-        too_long = np.flatnonzero(hi - lo > MAX_CELL_BYTES)
-        if len(too_long):
-            i = int(too_long[0])
-            raise ChunkError(lo[i], f"a cell of {int(hi[i] - lo[i]):,} bytes is above the limit of "
-                                    f"{MAX_CELL_BYTES:,} bytes")
-        if kind == "int":
-            out.append(parse_uint(buf, lo, hi, "id"))
-        else:
-            out.append(_tokens_as_bytes(buf, lo, hi, "digest" if kind == "bytes" else "error"))
-    return rows, out
-
-
-def _as_fixed(tokens: list[str], long: str, path: Path, first_line: int) -> np.ndarray:
-    if not tokens:
-        return np.zeros(0, "S1")
-    raw = [t.encode() for t in tokens]
-    out = []
-    for i, b in enumerate(raw):
-        if len(b) > MAX_TOKEN_WIDTH:
-            if long == "error":
-                raise DataFormatError(f"{path}, line {first_line + i}: a cell of {len(b):,} bytes is not a number")
-            b = _digest(b)
-        out.append(b)
-    return np.array(out, dtype=bytes)
-
-
-def _read_with_csv_module(path: Path, skip: int, ncols: int, wanted, kinds):
-    """Quoted CSV through Python's csv module (cells up to MAX_CELL_BYTES; long id cells digested)."""
-    cols = [[] for _ in wanted]
-    old_limit = _csv.field_size_limit()
-    _csv.field_size_limit(MAX_CELL_BYTES)
-    lineno = 0
-    try:
-        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-            reader = _csv.reader(f)
-            for row in reader:
-                lineno = reader.line_num
-                if lineno <= skip:
-                    continue
-                if len(row) != ncols:
-                    raise DataFormatError(f"{path}, line {lineno}: expected {ncols} columns, found {len(row)}")
-                for j, c in enumerate(wanted):
-                    cols[j].append(row[c])
-    except _csv.Error as err:
-        raise DataFormatError(f"{path}, line {lineno + 1}: {err} (cells are limited to {MAX_CELL_BYTES:,} bytes)"
-                              ) from None
-    finally:
-        _csv.field_size_limit(old_limit)
-    out = []
-    for j, kind in enumerate(kinds):
-        if kind == "int":
-            arr = np.empty(len(cols[j]), dtype=np.int64)
-            for i, tok in enumerate(cols[j]):
-                if not tok.isdigit():
-                    raise DataFormatError(f"{path}, line {skip + i + 1}: id {tok!r} is not a non-negative integer")
-                arr[i] = int(tok)
-            out.append(arr)
-        else:
-            out.append(_as_fixed(cols[j], "digest" if kind == "bytes" else "error", path, skip + 1))
-        cols[j] = None
-    return out
-
-
-def read_csv(path: Path, labels: Sequence, features: Optional[Sequence] = (), feature_kind: str = "int",
-             extra: str = "ignore", header: str = "auto", expected_header: Optional[Sequence[str]] = None,
-             chunk_bytes: int = 4 << 20, dense: Optional[Sequence] = None) -> Table:
-    """Read label, feature and dense columns of a CSV file.
-
-    ``labels``/``features``/``dense``: column names or shell-style globs (header needed) or 0-based indices;
-    ``features=None`` takes every other column. ``extra``: 'ignore' the remaining columns or raise ('error').
-    ``header``: 'auto' (by content), 'yes' or 'no'. ``expected_header``: the exact names a header line must
-    have (when there is one). A UTF-8 byte-order mark is skipped. Memory is bounded whatever the line
-    length: cells above MAX_CELL_BYTES are an error, id cells above MAX_TOKEN_WIDTH bytes are kept as digests.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    line, bom = _first_line(path)
-    first = _split_line(line)
-    ncols = len(first)
-    if header == "auto":
-        stripped = [t.strip() for t in first]
-        if expected_header is not None:
-            has_header = stripped == list(expected_header)
-            if not has_header and not all(_is_number(t) for t in first):
-                raise DataFormatError(f"{path}, line 1: neither the expected header {list(expected_header)} nor "
-                                      f"numeric data: {first[:6]}...")
-        else:  # by the label columns: named labels appear in a header; label cells of data rows are numbers
-            named = [c for c in labels if not (isinstance(c, int) or str(c).isdigit())]
-            if named:  # an empty cell is no evidence either way (a data row may miss a value)
-                has_header = (all(str(c) in stripped for c in named)
-                              or any(t and not _is_number(t) for t in stripped))
-            else:
-                has_header = any(stripped[int(c)] and not _is_number(stripped[int(c)])
-                                 for c in labels if int(c) < ncols)
-    elif header in ("yes", "no"):
-        has_header = header == "yes"
-    else:
-        raise ValueError(f"header must be 'auto', 'yes' or 'no', got {header!r}")
-    names = [t.strip() for t in first] if has_header else None
-    if expected_header is not None and ncols != len(expected_header):
-        raise DataFormatError(f"{path}, line 1: expected {len(expected_header)} columns "
-                              f"({','.join(expected_header)}), found {ncols}")
-    display = names or (list(expected_header) if expected_header else None)
-    label_idx, feature_idx, dense_idx, ignored = select_columns(display, ncols, path, labels, features, dense, extra)
-    wanted = label_idx + feature_idx + dense_idx
-    kinds = ["label"] * len(label_idx) + [feature_kind] * len(feature_idx) + ["float"] * len(dense_idx)
-    skip = 1 if has_header else 0
-    columns: list[list] = [[] for _ in wanted]
-    quoted = False
-    max_line = ncols * (MAX_CELL_BYTES + 1) + 2
-    for base, buf in iter_chunks(path, chunk_bytes, max_line_bytes=max_line):
-        if base == 0:
-            cut = int(np.flatnonzero(buf == 10)[0]) + 1 if skip else bom
-            base, buf = cut, buf[cut:]
-            if len(buf) == 0:
-                continue
-        if (buf == 34).any():  # a quote anywhere: the csv module reads the whole file (quotes are legal)
-            quoted = True
-            break
-        try:
-            _, parts = _tokenize_chunk(buf, ncols, wanted, kinds)
-        except ChunkError as err:
-            raise line_of(path, base, err) from None
-        for j, arr in enumerate(parts):
-            columns[j].append(arr)
-    if quoted:
-        columns = [[arr] for arr in _read_with_csv_module(path, skip, ncols, wanted, kinds)]
-    merged = []
-    for j, kind in enumerate(kinds):
-        parts = columns[j]
-        if not parts:
-            merged.append(np.zeros(0, np.int64 if kind == "int" else "S1"))
-        elif kind != "int":
-            width = max(p.dtype.itemsize for p in parts)
-            merged.append(np.concatenate([p.astype(f"S{width}") for p in parts]))
-        else:
-            merged.append(np.concatenate(parts))
-        columns[j] = None
-    first_line = 1 + skip
-    label_names = [display[i] if display else str(i) for i in label_idx]
-    nl = len(label_idx)
-    nf = len(feature_idx)
-    y = (np.stack([_parse_labels(merged[j], path, first_line, label_names[j]) for j in range(nl)], 1)
-         if len(merged[0]) else np.zeros((0, nl)))
-    dense_names = [display[i] if display else str(i) for i in dense_idx]
-    return Table(path=path, labels=y, features=merged[nl:nl + nf], first_line=first_line,
-                 header=names, ignored=ignored, label_names=label_names,
-                 feature_names=[display[i] if display else str(i) for i in feature_idx],
-                 dense_tokens=merged[nl + nf:], dense_names=dense_names)
-
-
-def read_parquet(path: Path, labels: Sequence[str], features: Optional[Sequence[str]], extra: str = "ignore",
-                 dense: Optional[Sequence[str]] = None, feature_kind: str = "bytes") -> Table:
-    """Label, feature and dense columns of a Parquet file (needs pyarrow: ``pip install pyarrow``).
-
-    ``feature_kind='int'`` (encode=False): feature columns must hold non-null integers."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ImportError("reading Parquet needs pyarrow, which is not installed: pip install pyarrow") from None
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Parquet file not found: {path}")
-    try:
-        schema_names = list(pq.read_schema(path).names)
-    except (pa.ArrowException, OSError) as err:
-        raise DataFormatError(f"{path}: not a readable Parquet file ({err})") from None
-    label_idx, feature_idx, dense_idx, rest = select_columns(schema_names, len(schema_names), path, labels,
-                                                             features, dense, extra)
-    labels = [schema_names[i] for i in label_idx]
-    features = [schema_names[i] for i in feature_idx]
-    dense = [schema_names[i] for i in dense_idx]
-    try:
-        table = pq.read_table(path, columns=labels + features + dense)
-    except (pa.ArrowException, OSError) as err:
-        raise DataFormatError(f"{path}: cannot read the Parquet data ({err})") from None
-    y = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in labels], 1) \
-        if table.num_rows else np.zeros((0, len(labels)))
-    feats = []
-    for c in features:
-        column = table.column(c)
-        col = column.to_numpy(zero_copy_only=False)
-        if feature_kind == "int":
-            if column.null_count or not pa.types.is_integer(column.type):
-                what = f"{column.null_count} null(s)" if column.null_count else f"{column.type} values"
-                raise DataFormatError(f"{path}: feature column {c!r} holds {what}; encode=false needs non-null "
-                                      f"integer ids (use encode=true, or name a numerical column with dense=)")
-        if col.dtype.kind in "iu":
-            if col.size and col.min() < 0:
-                r = int(np.flatnonzero(col < 0)[0])
-                raise DataFormatError(f"{path}, row {r + 1}: id {c!r} = {col[r]} is negative")
-            feats.append(col.astype(np.int64))
-        else:
-            feats.append(_as_fixed(["" if v is None else str(v) for v in col], "digest", path, 1))
-    dense_tokens = []
-    for c in dense:
-        column = table.column(c)
-        if pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
-            dense_tokens.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
-        else:
-            dense_tokens.append(_as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "error", path, 1))
-    return Table(path=path, labels=y, features=feats, first_line=1, header=schema_names, ignored=rest,
-                 label_names=list(labels), feature_names=list(features), dense_tokens=dense_tokens,
-                 dense_names=dense)
-
-
-def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", header="auto",
-             expected_header=None, dense=None) -> Table:
-    path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        table = read_parquet(path, labels, features, extra, dense, feature_kind)
-        table.where = lambda row: f"row {row + 1}"  # type: ignore[method-assign]
-        return table
-    return read_csv(path, labels, features, feature_kind, extra, header, expected_header, dense=dense)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # encoding and splitting helpers shared by the table loaders
 # ---------------------------------------------------------------------------------------------------------------
-def dense_matrix(table: Table) -> Optional[np.ndarray]:
-    """The table's dense columns as float32 [N, K] (NaN = missing, see :func:`parse_floats`), or None."""
-    if not table.dense_names:
-        return None
-    return np.stack([parse_floats(tokens, table.where, str(table.path), str(name))[0]
-                     for name, tokens in zip(table.dense_names, table.dense_tokens)], 1)
-
-
 def finish_table(table: Table, task_names: Sequence[str], policy: str, stats: dict, key: str):
     """Label checks, dense cells parsed, cascade policy on one file; returns (features list, y float32,
     dense float32 [N, K] or None) of the kept rows. A bad dense cell is an error even in a dropped row."""
@@ -496,24 +50,26 @@ def finish_table(table: Table, task_names: Sequence[str], policy: str, stats: di
     return feats, y, dense
 
 
-def encode_bytes_columns(train_cols: list, other: dict, min_count: int):
-    """Vocabulary per column from the train tokens (count >= min_count -> 1..n in sorted order; else 0)."""
-    dims, encoded_train, encoded_other = [], [], {k: [] for k in other}
-    for j, col in enumerate(train_cols):
-        uniq, inverse, counts = np.unique(col, return_inverse=True, return_counts=True)
-        kept = (counts >= min_count) & (uniq != b"")
-        codes = np.cumsum(kept).astype(np.int32)
-        codes[~kept] = 0
-        encoded_train.append(codes[inverse.reshape(-1)])
-        keys = uniq[kept]
-        dims.append(int(kept.sum()) + 1)
-        for name, cols in other.items():
-            c = cols[j]
-            pos = np.searchsorted(keys, c)
-            pos_c = np.minimum(pos, max(len(keys) - 1, 0))
-            hit = (keys[pos_c] == c) if len(keys) else np.zeros(len(c), dtype=bool)
-            encoded_other[name].append(np.where(hit, pos_c + 1, 0).astype(np.int32))
-    return dims, encoded_train, encoded_other
+def train_field(name: str, train_col: np.ndarray, min_count: int) -> tuple[FieldVocab, np.ndarray]:
+    """An encoded field from its train tokens: tokens seen at least ``min_count`` times (never the empty
+    cell) are the keys, in bytes order (codes 1..n); every other token gets 0. Returns the field and the
+    train codes (int32; what ``field.encode`` gives, from the sort already done)."""
+    if train_col.dtype.kind != "S":
+        raise TypeError(f"column {name!r}: tokens must be bytes (S), got {train_col.dtype}")
+    uniq, inverse, counts = np.unique(train_col, return_inverse=True, return_counts=True)
+    kept = (counts >= min_count) & (uniq != b"")
+    codes = np.cumsum(kept, dtype=np.int32)
+    codes[~kept] = 0
+    return FieldVocab(name, "encoded", int(kept.sum()) + 1, min_count, uniq[kept]), codes[inverse.reshape(-1)]
+
+
+def encode_table(table: Table, vocabulary: Vocabulary) -> tuple[list, dict]:
+    """A table's feature columns (in the vocabulary's single-field order) as codes; errors name file lines."""
+    cols, unseen = [], {}
+    for f, col in zip(vocabulary.single_fields, table.features):
+        codes, unseen[f.name] = f.encode(col, table.where, str(table.path))
+        cols.append(codes)
+    return cols, unseen
 
 
 def split_rows(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
@@ -557,9 +113,10 @@ def ints_fit(cols: list, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the loaders
 # ---------------------------------------------------------------------------------------------------------------
-def _assemble(parts: dict, dims, field_names, task_names, source: str, stats: dict,
-              dense: Optional[dict] = None, dense_names: Sequence[str] = ()) -> tuple[dict, dict]:
-    """Arrays and manifest info in the layout of :mod:`.cache`; ``dense``: {split: float32 [N, K]}."""
+def _assemble(parts: dict, vocabulary: Vocabulary, stats: dict, dense: Optional[dict] = None) -> tuple[dict, dict]:
+    """Arrays and manifest info in the layout of :mod:`.cache`; ``dense``: {split: float32 [N, K]}. The
+    vocabulary is the one source of the field names and sizes, the task and dense names (``info``) and is
+    stored whole as the uint8 array ``vocabulary`` (its text format)."""
     arrays = {}
     for split, (x, y) in parts.items():
         arrays[f"{split}.x"] = x
@@ -567,10 +124,19 @@ def _assemble(parts: dict, dims, field_names, task_names, source: str, stats: di
         stats[f"{split}_rows"] = len(y)
     for split, d in (dense or {}).items():
         arrays[f"{split}.dense"] = d
-    info = {"source": source, "field_names": [str(n) for n in field_names], "field_dims": [int(d) for d in dims],
-            "task_names": list(task_names), "stats": stats, "bag_groups": [],
-            "dense_names": [str(n) for n in dense_names]}
+    arrays[VOCABULARY_ARRAY] = np.frombuffer(vocabulary.to_bytes(), dtype=np.uint8)
+    single = vocabulary.single_fields
+    info = {"source": vocabulary.source, "field_names": [f.name for f in single],
+            "field_dims": [f.size for f in single], "task_names": list(vocabulary.task_names), "stats": stats,
+            "bag_groups": [], "dense_names": list(vocabulary.dense_names)}
     return arrays, info
+
+
+def identity_vocabulary(names: Sequence[str], sizes: Sequence[int], source: str, task_names: Sequence[str],
+                        label_names: Sequence[str], dense_names: Sequence[str] = ()) -> Vocabulary:
+    """The vocabulary of a pre-encoded source: every field's ids are its codes."""
+    return Vocabulary([FieldVocab(str(n), "identity", int(d)) for n, d in zip(names, sizes)],
+                      dense_names=dense_names, label_names=label_names, task_names=task_names, source=source)
 
 
 def _split_train(x, y, valid_fraction, seed):
@@ -597,12 +163,21 @@ def aitm_files(directory: Path) -> dict:
     return files
 
 
+def _identity_sizes(vocabulary: Vocabulary, names: Sequence[str], source: str) -> list[int]:
+    """The field sizes of a model's vocabulary for a pre-encoded source whose fields are ``names``."""
+    if vocabulary.field_names != tuple(names) or any(f.kind != "identity" for f in vocabulary.fields):
+        raise DataFormatError(f"the model's fields {list(vocabulary.field_names)} (source {vocabulary.source!r}) "
+                              f"are not the pre-encoded fields {list(names)} of {source}")
+    return list(vocabulary.field_dims)
+
+
 def load_aitm_csv(directory: Path, policy: str = "drop", valid_fraction: float = 0.1, seed: int = 0,
-                  dims: str = "aitm") -> tuple[dict, dict]:
+                  dims: str = "aitm", vocabulary: Optional[Vocabulary] = None) -> tuple[dict, dict]:
     """The AITM 18-field encoded CSV (``click,purchase,101,...,301``, all integers, header optional).
 
     ``dims='aitm'``: the field sizes of the AITM protocol (ids must lie below them); ``'data'``: max id + 1.
-    Validation: ctr_cvr.dev when present, else ``valid_fraction`` of train drawn by ``seed``.
+    Validation: ctr_cvr.dev when present, else ``valid_fraction`` of train drawn by ``seed``. With a model's
+    ``vocabulary`` the sizes are the model's and an id outside them is an error naming the line.
     """
     check_policy(policy)
     if dims not in ("aitm", "data"):
@@ -612,13 +187,15 @@ def load_aitm_csv(directory: Path, policy: str = "drop", valid_fraction: float =
     stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}}
     task_names = ("click", "conversion")
     sizes = [AITM_VOCAB_SIZES[f] for f in AITM_FIELDS]
+    hint = "the AITM vocabulary; use dims='data' for data encoded otherwise"
+    if vocabulary is not None:
+        sizes, dims, hint = _identity_sizes(vocabulary, AITM_FIELDS, "aitm-csv"), "aitm", "the model's vocabulary"
     loaded = {}
     for split, path in files.items():
         table = read_csv(path, labels=[0, 1], features=list(range(2, 20)), feature_kind="int",
                          expected_header=expected)
         if dims == "aitm":
-            check_id_range(table.features, sizes, AITM_FIELDS, table, "the AITM vocabulary; use dims='data' "
-                                                                       "for data encoded otherwise")
+            check_id_range(table.features, sizes, AITM_FIELDS, table, hint)
         stats[split + "_header"] = table.header is not None
         loaded[split] = finish_table(table, task_names, policy, stats, split + "_file")
     if dims == "data":
@@ -630,7 +207,7 @@ def load_aitm_csv(directory: Path, policy: str = "drop", valid_fraction: float =
             parts.update(_split_train(x, y, valid_fraction, seed))
         else:
             parts[split] = (x, y)
-    return _assemble(parts, sizes, AITM_FIELDS, task_names, "aitm-csv", stats)
+    return _assemble(parts, identity_vocabulary(AITM_FIELDS, sizes, "aitm-csv", task_names, AITM_LABELS), stats)
 
 
 def rechub_files(directory: Path) -> dict:
@@ -651,24 +228,32 @@ def rechub_dense_columns(path: Path, dense: Optional[Sequence[str]]) -> list[str
     """The dense columns to read from a torch-rechub file: ``None`` (default) every column named ``D*``
     (torch-rechub writes the 8 of RECHUB_DENSE), ``['none']`` none, else the names / globs given."""
     if dense is None:
-        header = [t.strip() for t in _split_line(_first_line(path)[0])]
+        header = [t.strip() for t in split_line(read_first_line(path)[0])]
         return [name for name in header if fnmatch.fnmatchcase(name, RECHUB_DENSE_GLOB)]
     if [str(d).strip().lower() for d in dense] == ["none"]:
         return []
     return [str(d) for d in dense]
 
 
-def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Sequence[str]] = None
-                    ) -> tuple[dict, dict]:
+def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Sequence[str]] = None,
+                    vocabulary: Optional[Vocabulary] = None) -> tuple[dict, dict]:
     """torch-rechub's Ali-CCP CSV: labels click, purchase; the 23 sparse columns as fields and the dense
     ``D*`` columns as numerical features (raw float32, NaN = missing; cells checked as in :func:`load_table`).
 
     ``dense``: None (default) reads every ``D*`` column; ``['none']`` reads none (they are then listed in
     ``stats['ignored_columns']``, with any other column read past); else the dense columns by name or glob.
-    Its ids were encoded by torch-rechub over the full data, so field sizes are max id + 1 over the 3 files.
+    Its ids were encoded by torch-rechub over the full data, so field sizes are max id + 1 over the 3 files;
+    with a model's ``vocabulary`` they are the model's (an id outside is an error naming the line) and the
+    dense columns are the model's.
     """
     check_policy(policy)
     files = rechub_files(directory)
+    if vocabulary is not None:
+        model_sizes = _identity_sizes(vocabulary, RECHUB_SPARSE, "rechub-csv")
+        if dense is not None and [str(d) for d in dense] not in (list(vocabulary.dense_names), ["none"]):
+            raise ValueError(f"dense={list(dense)} differs from the model's dense columns "
+                             f"{list(vocabulary.dense_names)}")
+        dense = list(vocabulary.dense_names) or ["none"]
     task_names = ("click", "conversion")
     stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}, "altered": {}}
     loaded = {}
@@ -684,6 +269,8 @@ def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Seque
         elif names != dense_names or rest != ignored:
             raise DataFormatError(f"{path}: dense columns {names} and unused columns {rest} differ from "
                                   f"{files['train'].name}'s {dense_names} and {ignored}")
+        if vocabulary is not None:
+            check_id_range(table.features, model_sizes, RECHUB_SPARSE, table, "the model's vocabulary")
         loaded[split] = finish_table(table, task_names, policy, stats, split + "_file")
         d = loaded[split][2]
         if d is not None:
@@ -691,10 +278,12 @@ def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Seque
     stats["ignored_columns"] = ignored
     for split, (feats, _, _) in loaded.items():
         ints_fit(feats, files[split])
-    sizes = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(RECHUB_SPARSE))]
+    sizes = model_sizes if vocabulary is not None else \
+        [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(RECHUB_SPARSE))]
     parts = {split: (stack_features(feats), y) for split, (feats, y, _) in loaded.items()}
     dense_parts = {split: d for split, (_, _, d) in loaded.items() if d is not None}
-    return _assemble(parts, sizes, RECHUB_SPARSE, task_names, "rechub-csv", stats, dense_parts, dense_names)
+    vocab = identity_vocabulary(RECHUB_SPARSE, sizes, "rechub-csv", task_names, RECHUB_LABELS, dense_names)
+    return _assemble(parts, vocab, stats, dense_parts)
 
 
 TABLE_SPLITS = (("train", ("train",)), ("valid", ("valid", "val", "dev")), ("test", ("test",)))
@@ -764,10 +353,10 @@ def _check_numerical_columns(table: Table) -> None:
 
 
 def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[str]] = None, extra: str = "ignore",
-               encode: bool = True, min_count: int = 1, policy: str = "drop", valid_fraction: float = 0.1,
-               test_fraction: float = 0.2, seed: int = 0, header: str = "auto",
-               task_names: Optional[Sequence[str]] = None, dense: Optional[Sequence[str]] = None
-               ) -> tuple[dict, dict]:
+               encode: Optional[bool] = None, min_count: int = 1, policy: str = "drop",
+               valid_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, header: str = "auto",
+               task_names: Optional[Sequence[str]] = None, dense: Optional[Sequence[str]] = None,
+               vocabulary: Optional[Vocabulary] = None) -> tuple[dict, dict]:
     """A generic CSV / Parquet table (one file split by ``seed``, or a directory of train/valid/test files).
 
     ``labels``: the label columns in funnel order (names, or indices for a header-less CSV); ``features``: the
@@ -779,8 +368,16 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
     (sizes = max id + 1, at most MAX_RAW_VOCAB). A single file is split first (seeded), then each split
     applies the cascade policy; every dropped or altered row is counted by reason and split in
     ``stats['dropped']`` / ``stats['altered']``.
+
+    ``vocabulary`` (a trained model's): every file is encoded with it instead of a vocabulary built from
+    train. Its fields and dense columns are matched by name, in any column order (missing ones are an
+    error naming them); ``labels`` and ``task_names`` default to its own; identity fields check their range.
     """
     check_policy(policy)
+    model_columns = None
+    if vocabulary is not None:
+        labels, task_names, encode, model_columns = _model_columns(vocabulary, labels, task_names, encode)
+    encode = True if encode is None else encode
     if not labels or len(labels) < 2:
         raise ValueError("name at least 2 label columns, in funnel order (e.g. labels=['click', 'purchase'])")
     if min_count < 1:
@@ -795,7 +392,10 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
     feature_names = dense_names = None
     for split, p in files.items():
         try:
-            table = read_any(p, labels, features, "bytes" if encode else "int", extra, header, dense=dense)
+            if model_columns is not None:
+                table = _read_with_vocabulary(p, vocabulary, labels, features, dense, extra, header)
+            else:
+                table = read_any(p, labels, features, "bytes" if encode else "int", extra, header, dense=dense)
         except DataFormatError as err:
             if encode or features is not None or "is not a non-negative integer" not in str(err):
                 raise
@@ -803,9 +403,10 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
                                   f"the id columns with features= (--features) and numerical ones with dense= "
                                   f"(--dense)") from None
         if feature_names is None:
+            loaded_label_names = [str(c) for c in (table.label_names or labels)]
             feature_names = [str(c) for c in table.feature_names]
             dense_names = [str(c) for c in table.dense_names]
-            if features is None and encode:
+            if features is None and encode and vocabulary is None:
                 _check_numerical_columns(table)
         elif [str(c) for c in table.feature_names] != feature_names or \
                 [str(c) for c in table.dense_names] != dense_names:
@@ -859,11 +460,26 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
                                                          f"cascade" if dropped else "")
                 + (f" (test_fraction={test_fraction} of {sum(len(v[1]) for v in loaded.values())} rows)"
                    if "all" in files and not dropped else ""))
+    if vocabulary is None and encode:
+        built = [train_field(n, c, min_count) for n, c in zip(feature_names, loaded["train"][0])]
+        vocabulary = Vocabulary([f for f, _ in built])
+        loaded = {k: ([c for _, c in built] if k == "train" else encode_table_columns(v[0], vocabulary), v[1], v[2])
+                  for k, v in loaded.items()}
+    elif vocabulary is None:
+        for split, (feats, _, _) in loaded.items():
+            ints_fit(feats, Path(path))
+        dims = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(feature_names))]
+        for name, size in zip(feature_names, dims):
+            if size > MAX_RAW_VOCAB:
+                raise DataFormatError(
+                    f"{path}: with encode=false column {name!r} holds the id {size - 1:,}, so its table would "
+                    f"need {size:,} rows (limit {MAX_RAW_VOCAB:,}); use encode=true to number the ids "
+                    f"that occur")
+        vocabulary = Vocabulary([FieldVocab(n, "identity", d) for n, d in zip(feature_names, dims)])
+    vocabulary = Vocabulary(vocabulary.fields, dense_names=dense_names or (), task_names=names, source="csv",
+                            label_names=[str(c) for c in loaded_label_names])
+    encoded = {k: v[0] for k, v in loaded.items()}
     if encode:
-        dims, train_cols, others = encode_bytes_columns(loaded["train"][0],
-                                                         {k: v[0] for k, v in loaded.items() if k != "train"},
-                                                         min_count)
-        encoded = {"train": train_cols, **others}
         for split, cols in encoded.items():
             oov = np.zeros(len(loaded[split][1]), dtype=bool)
             for name, c in zip(feature_names, cols):
@@ -875,22 +491,11 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
                         f"(a row or session id?); it carries no information there (leave it out with --features)")
             stats["altered"].setdefault(split, {})[OOV_IDS] = int(oov.sum())
         n_train = len(loaded["train"][1])
-        for name, size in zip(feature_names, dims):
-            if features is None and n_train >= 50 and size - 1 >= 0.9 * n_train:
+        for name, size in zip(feature_names, vocabulary.field_dims):
+            if features is None and model_columns is None and n_train >= 50 and size - 1 >= 0.9 * n_train:
                 stats["warnings"].append(
                     f"column {name!r} has a distinct value in {size - 1} of {n_train} training rows: as a "
                     f"categorical feature it can only memorise rows (leave it out with --features)")
-    else:
-        for split, (feats, _, _) in loaded.items():
-            ints_fit(feats, Path(path))
-        dims = [max(int(f[j].max(initial=0)) for f, _, _ in loaded.values()) + 1 for j in range(len(feature_names))]
-        for name, size in zip(feature_names, dims):
-            if size > MAX_RAW_VOCAB:
-                raise DataFormatError(
-                    f"{path}: with encode=false column {name!r} holds the id {size - 1:,}, so its table would "
-                    f"need {size:,} rows (limit {MAX_RAW_VOCAB:,}); use encode=true to number the ids "
-                    f"that occur")
-        encoded = {k: v[0] for k, v in loaded.items()}
     parts, dense_parts = {}, {}
     for split in ("train", "valid", "test"):
         if split not in loaded:
@@ -909,4 +514,43 @@ def load_table(path: Path, labels: Sequence[str], features: Optional[Sequence[st
             parts[split] = (x, y)
             if d is not None:
                 dense_parts[split] = d
-    return _assemble(parts, dims, feature_names, names, "csv", stats, dense_parts, dense_names or ())
+    return _assemble(parts, vocabulary, stats, dense_parts)
+
+
+def encode_table_columns(cols: list, vocabulary: Vocabulary) -> list:
+    return [f.encode(c)[0] for f, c in zip(vocabulary.single_fields, cols)]
+
+
+def _model_columns(vocabulary: Vocabulary, labels, task_names, encode):
+    """(labels, task names, encode, the model's feature and dense names) for a table read with a vocabulary."""
+    if vocabulary.bag_fields:
+        raise DataFormatError(f"the model has multi-valued fields {[f.name for f in vocabulary.bag_fields]} "
+                              f"(source {vocabulary.source!r}); a csv table holds single-valued fields only")
+    kinds = {f.kind for f in vocabulary.fields}
+    model_encode = kinds == {"encoded"}
+    if len(kinds) > 1 or (encode is not None and encode != model_encode):
+        raise ValueError(f"encode={encode} disagrees with the model's vocabulary, whose fields are "
+                         f"{' and '.join(sorted(kinds))} (encode={'true' if model_encode else 'false'})")
+    labels = list(labels) if labels else list(vocabulary.label_names)
+    if task_names is None and len(labels) == len(vocabulary.task_names):
+        task_names = list(vocabulary.task_names)
+    return labels, task_names, model_encode, [f.name for f in vocabulary.fields] + list(vocabulary.dense_names)
+
+
+def _read_with_vocabulary(path: Path, vocabulary: Vocabulary, labels, features, dense, extra, header) -> Table:
+    """A file's columns read by the model's names (any column order), its features encoded with the model's
+    vocabulary (errors name the line); ``features`` / ``dense`` given as well must select the same columns."""
+    model_features = [f.name for f in vocabulary.fields]
+    model_dense = list(vocabulary.dense_names)
+    names = column_names(path)
+    if not all(n.isdigit() for n in model_features + model_dense):  # named columns: say every missing one
+        vocabulary.check_columns(names, str(path))
+    for given, model, role in ((features, model_features, "feature"), (dense, model_dense, "dense")):
+        if given is not None:
+            chosen = [names[i] for i in match_columns(given, names, len(names), path, role)]
+            if sorted(chosen) != sorted(model):
+                raise DataFormatError(f"{path}: {role}s={list(given)} selects {chosen}, but the model's {role} "
+                                      f"columns are {model}")
+    table = read_any(path, labels, model_features, "bytes", extra, header, dense=model_dense)
+    table.features = encode_table(table, vocabulary)[0]
+    return table

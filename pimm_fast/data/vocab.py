@@ -97,14 +97,14 @@ class FieldVocab:
             raise ValueError(f"field {self.name!r}: an encoded field has size len(keys) + 1 = {len(keys) + 1}, "
                              f"got {self.size}")
 
-    def encode(self, tokens: np.ndarray, where: Callable[[int], str] = _row_where, source: str = ""
+    def encode(self, tokens: np.ndarray, where: Optional[Callable[[int], str]] = None, source: str = ""
                ) -> tuple[np.ndarray, int]:
         """(int64 codes, count of cells that got the unseen code 0) of canonical tokens (``S`` array) or of
         integers (int64 array, read as their decimal text). Identity fields: a token outside [0, size) is a
         DataFormatError naming ``where(row)``, the column and the value."""
         tokens = np.asarray(tokens)
         if self.kind == "identity":
-            return self._identity(tokens, where, source), 0
+            return self._identity(tokens, where or _row_where, source), 0
         if tokens.dtype.kind in "iu":
             tokens = tokens.astype(np.int64).astype("S21")
         elif tokens.dtype.kind != "S":
@@ -196,13 +196,13 @@ class Vocabulary:
                 f"tasks={list(self.task_names)})")
 
     # -- encoding ------------------------------------------------------------------------------------------------
-    def encode_column(self, j: int, tokens: np.ndarray, where: Callable[[int], str] = _row_where,
+    def encode_column(self, j: int, tokens: np.ndarray, where: Optional[Callable[[int], str]] = None,
                       source: str = "") -> tuple[np.ndarray, int]:
         """(int64 codes, unseen count) of field ``j``'s column (see :meth:`FieldVocab.encode`)."""
         return self.fields[j].encode(tokens, where, source)
 
-    def encode(self, columns: Sequence[np.ndarray], where: Callable[[int], str] = _row_where, source: str = ""
-               ) -> tuple[np.ndarray, dict]:
+    def encode(self, columns: Sequence[np.ndarray], where: Optional[Callable[[int], str]] = None,
+               source: str = "") -> tuple[np.ndarray, dict]:
         """Codes int64 [N, F_single] of the single-valued fields' columns, and {field name: unseen count}."""
         single = self.single_fields
         if len(columns) != len(single):

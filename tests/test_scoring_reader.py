@@ -1,0 +1,129 @@
+"""read_for_scoring: any CSV / Parquet file, every row in file order, encoded with a trained vocabulary."""
+import numpy as np
+import pytest
+
+from pimm_fast.data import DataFormatError, FieldVocab, ScoringTable, Vocabulary, load, read_for_scoring
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+def vocab(dense=("price",)):
+    return Vocabulary([FieldVocab("user", "encoded", 4, 1, np.array([b"-5", b"u1", b"u2"], dtype="S")),
+                       FieldVocab("hour", "identity", 24)],
+                      dense_names=dense, label_names=["click", "buy"], task_names=["click", "purchase"], source="csv")
+
+
+def test_csv_every_row_in_file_order_with_keys_unseen_and_labels(tmp_path):
+    path = tmp_path / "new.csv"
+    # columns in another order than training; a row that breaks the cascade is scored, not dropped
+    path.write_text("request_id,hour,price,buy,user,click,note\n"
+                    "007,3,1.5,1,u2,0,a b\n"
+                    "r2,23,,0,zz,1,\n"
+                    "r3,0,NaN,0,,0,x\n"
+                    "r4,5,2,1,-5,1,\n")
+    t = read_for_scoring(path, vocab())
+    assert isinstance(t, ScoringTable) and t.rows == 4
+    assert t.x.dtype == np.int64 and t.x.tolist() == [[3, 3], [0, 23], [0, 0], [1, 5]]
+    assert t.unseen == {"user": 2, "hour": 0}
+    np.testing.assert_array_equal(t.dense, np.array([[1.5], [np.nan], [np.nan], [2.0]], dtype=np.float32))
+    assert t.labels.dtype == np.float32 and t.labels.tolist() == [[0, 1], [1, 0], [0, 0], [1, 1]]
+    assert list(t.keys) == ["request_id", "note"]
+    assert t.keys["request_id"].tolist() == ["007", "r2", "r3", "r4"]  # text, leading zeros kept
+    assert t.keys["note"].tolist() == ["a b", "", "x", ""]
+    only = read_for_scoring(path, vocab(), keep_columns=["request_id", "user"])
+    assert list(only.keys) == ["request_id", "user"] and only.keys["user"].tolist() == ["u2", "zz", "", "-5"]
+
+
+def test_labels_are_optional_and_missing_columns_are_named(tmp_path):
+    path = tmp_path / "nolabels.csv"
+    path.write_text("user,hour,price,click\nu1,1,0.5,1\n")
+    t = read_for_scoring(path, vocab())
+    assert t.labels is None and t.keys["click"].tolist() == ["1"]
+    bad = tmp_path / "renamed.csv"
+    bad.write_text("usr,hour,cost\nu1,1,0.5\n")
+    with pytest.raises(DataFormatError, match=r"renamed\.csv .*: the model's column\(s\) \['user', 'price'\] are "
+                                              r"missing; the file has \['usr', 'hour', 'cost'\]"):
+        read_for_scoring(bad, vocab())
+    with pytest.raises(DataFormatError, match=r"keep_columns \['id'\] are not in the file's columns"):
+        read_for_scoring(path, vocab(), keep_columns=["id"])
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("u1,1,0.5\n")
+    with pytest.raises(DataFormatError, match="needs a header line"):
+        read_for_scoring(headerless, vocab())
+
+
+def test_identity_range_and_bad_cells_name_line_and_column(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("user,hour,price\nu1,1,0.5\nu1,24,0.5\n")
+    with pytest.raises(DataFormatError, match=r"bad\.csv, line 3: field 'hour' = 24 is outside the model's ids 0\.\.23"):
+        read_for_scoring(path, vocab())
+    path.write_text("user,hour,price\nu1,1,0.5\nu1,1,cheap\n")
+    with pytest.raises(DataFormatError, match=r"bad\.csv, line 3: dense column 'price' = 'cheap' is not a number"):
+        read_for_scoring(path, vocab())
+    path.write_bytes(b"user,hour,price\nu1,1,0.5\nu\xff1,1,0.5\n")
+    with pytest.raises(DataFormatError, match=r"bad\.csv, line 3: column 'user': the id cell .* is not UTF-8"):
+        read_for_scoring(path, vocab())
+
+
+def test_quoted_csv_keeps_line_numbers_and_text(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('id,user,hour,price\n"a,1",u1,2,1\n"multi\nline",u2,3,1\n"c",u2,99,1\n')
+    with pytest.raises(DataFormatError, match=r"q\.csv, line 5: field 'hour' = 99 is outside"):
+        read_for_scoring(path, vocab())
+    path.write_text('id,user,hour,price\n"a,1",u1,2,1\n"multi\nline",u2,3,1\n')
+    t = read_for_scoring(path, vocab())
+    assert t.keys["id"].tolist() == ["a,1", "multi\nline"] and t.x.tolist() == [[2, 2], [3, 3]]
+
+
+def test_parquet_any_column_order_keys_keep_their_type(tmp_path):
+    path = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"id": ["x", "y", "z"], "hour": [1, 2, 3], "user": ["u1", None, "q"],
+                             "price": [1.0, None, 3.0], "n": [10, 20, 30]}), path)
+    t = read_for_scoring(path, vocab())
+    assert t.x.tolist() == [[2, 1], [0, 2], [0, 3]] and t.unseen == {"user": 2, "hour": 0} and t.labels is None
+    assert t.keys["id"].tolist() == ["x", "y", "z"] and t.keys["n"].tolist() == [10, 20, 30]
+    np.testing.assert_array_equal(t.dense[:, 0], np.array([1, np.nan, 3], dtype=np.float32))
+    ints = tmp_path / "ints.parquet"  # integer ids are their decimal text: -5 is a training token
+    pq.write_table(pa.table({"user": pa.array([-5, 7], pa.int64()), "hour": [0, 1], "price": [0.0, 0.0]}), ints)
+    assert read_for_scoring(ints, vocab()).x[:, 0].tolist() == [1, 0]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user": ["u1"], "hour": [24], "price": [0.0]}), bad)
+    with pytest.raises(DataFormatError, match=r"bad\.parquet, row 1: field 'hour' = 24 is outside"):
+        read_for_scoring(bad, vocab())
+
+
+def test_headerless_by_index_and_aitm_layout(tmp_path, data_dir):
+    train = tmp_path / "train.csv"
+    train.write_text("".join(f"{i % 2},{0},a{i % 5},{i % 3}\n" for i in range(40)))
+    v = load(f"csv:{train}?labels=0,1", cache_dir=None).vocabulary
+    assert v.field_names == ("2", "3")
+    new = tmp_path / "new.csv"
+    new.write_text("1,0,a3,2\n0,0,b,1\n")
+    t = read_for_scoring(new, v)
+    assert t.rows == 2 and t.labels.tolist() == [[1, 0], [0, 0]] and t.unseen == {"2": 1, "3": 0}
+    assert t.x[1, 0] == 0 and t.x[0, 0] == v.encode_column(0, np.array([b"a3"], dtype="S"))[0][0]
+    d = data_dir / "ali-ccp" / "paddlerec-aitm"
+    aitm = load(f"aitm-csv:{d}", cache_dir=None, policy="keep", valid_fraction=0.0)
+    for name in ("train.csv", "test.csv"):  # train.csv has a header, test.csv none
+        t = read_for_scoring(d / name, aitm.vocabulary)
+        lines = (d / name).read_text().splitlines()
+        assert t.rows == (48 if name == "train.csv" else 50) and t.labels.shape == (t.rows, 2)
+        data = [line.split(",") for line in lines if line[0].isdigit()]
+        assert t.x.tolist() == [[int(c) for c in r[2:]] for r in data]
+    assert (aitm.test.x.numpy() == read_for_scoring(d / "test.csv", aitm.vocabulary).x).all()
+
+
+def test_real_rechub_file_scores_as_it_trained(data_dir):
+    d = data_dir / "ali-ccp" / "torch-rechub"
+    s = load(f"rechub-csv:{d}", cache_dir=None, policy="keep")
+    t = read_for_scoring(next(d.glob("ali_ccp_test*.csv")), s.vocabulary)
+    assert (t.x == s.test.x.numpy()).all() and t.labels.shape == (50, 2)
+    np.testing.assert_array_equal(t.dense, s.test.dense.numpy())
+
+
+def test_bag_fields_are_refused(tmp_path):
+    v = Vocabulary([FieldVocab("a", "identity", 3), FieldVocab("b", "identity", 3, bag=True)], source="aliccp-raw")
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataFormatError, match=r"multi-valued fields \['b'\].*not a table format"):
+        read_for_scoring(tmp_path / "t.csv", v)
