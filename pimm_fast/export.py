@@ -525,7 +525,7 @@ def _bag_tokens(values: Any, name: str):
 def _dense_values(values: Any, name: str):
     """A dense column -> float32 with NaN for missing, as the training reader reads it (parse_floats)."""
     import numpy as np
-    from .data.tables import parse_floats
+    from .data.readers import parse_floats
 
     arr = np.asarray(values)
     if arr.ndim != 1:

@@ -334,3 +334,14 @@ def test_examples_folder_is_self_contained():
     """examples/ keeps a copy of cmake/TorchCudaToolkit.cmake (the C++ tests build a copy of the folder alone)."""
     assert (ROOT / "examples" / "cmake" / "TorchCudaToolkit.cmake").read_text() == \
         (ROOT / "cmake" / "TorchCudaToolkit.cmake").read_text()
+
+
+def test_cpp_reads_missing_dense_values_as_the_training_reader():
+    """score_csv.cpp's list of missing-value words is the training reader's (pimm_fast.data.readers._MISSING)."""
+    import re
+
+    from pimm_fast.data import readers
+
+    source = (ROOT / "examples" / "score_csv.cpp").read_text()
+    words = re.search(r"kMissing = \{(.*?)\};", source).group(1)
+    assert sorted(w.encode() for w in re.findall(r'"(.*?)"', words)) == sorted(readers._MISSING)
