@@ -345,3 +345,58 @@ def test_cpp_reads_missing_dense_values_as_the_training_reader():
     source = (ROOT / "examples" / "score_csv.cpp").read_text()
     words = re.search(r"kMissing = \{(.*?)\};", source).group(1)
     assert sorted(w.encode() for w in re.findall(r'"(.*?)"', words)) == sorted(readers._MISSING)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real Census-Income sample: the vocabulary of pimm_fast.data.load, the reference codes of read_for_scoring
+# ---------------------------------------------------------------------------------------------------------------
+CENSUS_DIR = ROOT.parent / "shared" / "data" / "census-income" / "torch-rechub"
+CENSUS_DENSE = ["age", "wage per hour", "capital gains", "capital losses", "divdends from stocks",
+                "num persons worked for employer", "weeks worked in year"]
+
+
+@pytest.fixture(scope="module")
+def real_census(tmp_path_factory):
+    """MMoE over the training sample's vocabulary (csv, encode=true: every cell a token); the test sample with
+    its columns reversed behind a key column, encoded by the data reader (read_for_scoring) for the eager model."""
+    from pimm_fast import data as D
+
+    if not CENSUS_DIR.is_dir():
+        pytest.skip("../shared/data is not present on this machine")
+    out = tmp_path_factory.mktemp("real-census")
+    splits = D.load(f"csv:{CENSUS_DIR / 'census_income_train_sample.csv'}", labels=["income", "marital status"],
+                    dense=CENSUS_DENSE, policy="keep", cache_dir=None)
+    vocab = splits.vocabulary
+    torch.manual_seed(0)
+    model = build_model("mmoe", list(vocab.field_dims), num_tasks=2, task_names=vocab.task_names, embed_dim=4,
+                        num_dense=len(CENSUS_DENSE), dense_names=vocab.dense_names).eval()
+    model.dense_input.fit(torch.as_tensor(splits.train.dense))
+    package = px.save(model, out / "census.pt2", vocabulary=vocab, inductor_configs=dict(FAST))
+    with open(CENSUS_DIR / "census_income_test_sample.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    header = ["row_id"] + rows[0][::-1]
+    body = [[f"id{i}"] + r[::-1] for i, r in enumerate(rows[1:])]
+    scoring = out / "reversed.csv"
+    _write_csv(scoring, header, body)
+    table = D.read_for_scoring(scoring, vocab)
+    with torch.no_grad():
+        expected = model(torch.as_tensor(table.x).long(), dense=torch.as_tensor(table.dense))
+    columns = {name: [r[i] for r in body] for i, name in enumerate(header)}
+    return {"package": package, "csv": scoring, "columns": columns, "table": table, "expected": expected}
+
+
+def test_real_census_sample_scored_in_python_and_cpp(real_census, score_csv):
+    census, table = real_census, real_census["table"]
+    assert list(table.keys) == ["row_id"] and sum(table.unseen.values()) > 0  # the test sample has new codes
+    probs, unseen = px.load(census["package"]).score_columns(census["columns"])
+    assert (probs - census["expected"]).abs().max().item() <= 1e-6
+    assert unseen == table.unseen
+    result = run_score_csv(score_csv, census["package"], census["csv"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, rows = _read_output(result.stdout)
+    assert header == ["row_id", "p_income", "p_marital status"]
+    assert [r[0] for r in rows] == list(table.keys["row_id"])
+    cpp = torch.tensor([[float(v) for v in r[1:]] for r in rows])
+    assert (cpp - census["expected"]).abs().max().item() <= 1e-6
+    assert f"{len(rows)} rows; unseen values (code 0) per field: class of worker 0, industry code " \
+           f"{table.unseen['industry code']}," in result.stderr
