@@ -129,7 +129,7 @@ def score_csv_latency(binary: Path, package: Path, csv: Path, threads: int, roun
     """(p50, p99) ms of the C++ example scoring ``csv`` ``rounds`` times; None (its stderr printed) if it failed."""
     import pimm_fast
 
-    result = subprocess.run([str(binary), str(package), pimm_fast._extension.STATE.path, str(csv),
+    result = subprocess.run([str(binary), str(package), pimm_fast._extension.STATE.path, str(csv), "--ids",
                              "--threads", str(threads), "--bench", str(rounds)], capture_output=True, text=True)
     if result.returncode != 0:
         print(result.stderr, file=sys.stderr)

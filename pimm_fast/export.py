@@ -6,6 +6,12 @@
     probs = score(ids)                   # ids [B, F] int64/int32 (+ dense [B, K] floats) -> probs [B, T]
     score.metadata["task_names"]
 
+With the model's vocabulary (``pimm_fast.data.Vocabulary``, the id encoding of its training file) the
+package scores raw values, from Python and from C++ (examples/score_csv.cpp):
+
+    px.save(model, "model.pt2", vocabulary=vocab)   # stored in the archive: extra/pimm_fast/vocabulary.txt
+    probs, unseen = px.load("model.pt2").score_columns({"user": ["u1", "u7"], "hour": [3, 5], ...})
+
 A model with multi-valued (bag) fields - the last ``num_bag_fields`` fields, as the data loaders order
 them - is exported too; its package takes the single-valued ids and the bags apart:
 
@@ -38,7 +44,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -47,9 +53,12 @@ FORMAT_VERSION = 1  # a package that takes ids [B, F] (+ dense)
 BAG_FORMAT_VERSION = 2  # a package that takes ids [B, F_single], bag_values, bag_offsets (+ dense)
 SUPPORTED_FORMATS = (FORMAT_VERSION, BAG_FORMAT_VERSION)
 METADATA_KEY = "pimm_fast"
+VOCAB_NAME = "pimm_fast/vocabulary.txt"  # an extra file of the PT2 archive (text format of pimm_fast.data.vocab)
+VOCAB_RECORD = "extra/" + VOCAB_NAME  # its record name (torch.export.pt2_archive.constants.EXTRA_DIR)
 _ISA_ORDER = ("DEFAULT", "NO AVX", "ZVECTOR", "AVX2", "AVX512")  # torch.backends.cpu.get_cpu_capability()
 
-__all__ = ["save", "load", "read_metadata", "ExportedModel", "ExportedBagModel", "ExportError", "PackageError"]
+__all__ = ["save", "load", "read_metadata", "read_vocabulary", "ExportedModel", "ExportedBagModel", "ExportError",
+           "PackageError"]
 
 
 class ExportError(RuntimeError):
@@ -205,7 +214,8 @@ def _check_backend(ops_used: list[str], asked: str, resolved: str) -> None:
 
 def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any] = None,
          dynamic_batch: bool = True, *, backend: str = "auto", field_names: Optional[Sequence[str]] = None,
-         num_bag_fields: Optional[int] = None, inductor_configs: Optional[dict] = None) -> Path:
+         num_bag_fields: Optional[int] = None, inductor_configs: Optional[dict] = None,
+         vocabulary: Optional[Any] = None) -> Path:
     """Export ``model`` (a pimm_fast cascade model) in eval mode to an AOTInductor package at ``path``.
 
     example: ids [B, F] (or a tuple ``(ids, dense)`` for a model with dense features) to trace with,
@@ -220,7 +230,12 @@ def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any]
     backend: the kernels the package must call: "auto" (the fused kernels of the model's device, never
         the reference fallback), "cpp", "cuda" or "reference" (on purpose). A model whose graph calls
         other kernels is an error.
-    field_names: names of the id columns, stored in the metadata (``predict`` writes them).
+    field_names: names of the id columns, stored in the metadata (``predict`` writes them); by default the
+        vocabulary's field names.
+    vocabulary: the model's id encoding (a ``pimm_fast.data.Vocabulary`` or its text-format bytes), stored
+        in the package so that it scores raw values (:meth:`ExportedModel.score_columns`, the C++
+        example); it must match the model (field count and sizes, bag fields, dense and task names),
+        else ExportError.
     inductor_configs: extra AOTInductor options (e.g. ``{"aot_inductor.compile_wrapper_opt_level": "O0"}``
         compiles twice as fast, for tests).
     Returns the path written. The file is written atomically (a temporary file renamed into place).
@@ -238,6 +253,7 @@ def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any]
         raise ExportError("Triton kernels are launched from Python and cannot be packaged; export with the "
                           "'cuda' backend (build the model with backend='cuda' or 'auto')")
     meta = _model_metadata(model, field_names, num_bag_fields)
+    vocab_text = _vocabulary_text(vocabulary, meta) if vocabulary is not None else None
     num_fields, num_dense, num_bags = len(meta["field_dims"]), meta["num_dense"], meta["num_bag_fields"]
     num_single = num_fields - num_bags
 
@@ -305,6 +321,7 @@ def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any]
         "batch": None if dynamic_batch else int(ids.shape[0]),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "weights": "binary blob beside the .so",
+        "vocabulary": None if vocab_text is None else {"record": VOCAB_RECORD, "bytes": len(vocab_text.encode())},
     })
     configs = {
         # Weights beside the .so, as one blob (constants in the .so cannot exceed 2 GB; the flag alone,
@@ -315,13 +332,63 @@ def save(model: nn.Module, path: Union[str, os.PathLike], example: Optional[Any]
     }
     configs.update(inductor_configs or {})
     path.parent.mkdir(parents=True, exist_ok=True)
+    _quiet_cuda_home_warning()
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.pt2")
     try:
-        torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp), inductor_configs=configs)
+        _compile_and_package(exported, tmp, configs, vocab_text)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _vocabulary_text(vocabulary: Any, meta: dict) -> str:
+    """The vocabulary's text format, checked against the model's metadata (which takes its field names)."""
+    from .data import DataFormatError
+    from .data.vocab import Vocabulary
+
+    if isinstance(vocabulary, (bytes, bytearray, memoryview)):
+        try:
+            vocabulary = Vocabulary.from_bytes(bytes(vocabulary), "the vocabulary passed to save")
+        except DataFormatError as err:
+            raise ExportError(str(err)) from None
+    if not isinstance(vocabulary, Vocabulary):
+        raise ExportError(f"vocabulary must be a pimm_fast.data.Vocabulary or its bytes, got "
+                          f"{type(vocabulary).__name__}")
+    problems = []
+    if list(vocabulary.field_dims) != meta["field_dims"]:
+        problems.append(f"field sizes {list(vocabulary.field_dims)} (fields {list(vocabulary.field_names)}) != the "
+                        f"model's field_dims {meta['field_dims']}")
+    elif len(vocabulary.bag_fields) != meta["num_bag_fields"]:
+        problems.append(f"{len(vocabulary.bag_fields)} bag fields != the package's {meta['num_bag_fields']}")
+    if meta["field_names"] is not None and list(vocabulary.field_names) != meta["field_names"]:
+        problems.append(f"field names {list(vocabulary.field_names)} != field_names {meta['field_names']}")
+    if list(vocabulary.dense_names) != meta["dense_names"]:
+        problems.append(f"dense columns {list(vocabulary.dense_names)} != the model's {meta['dense_names']}")
+    if vocabulary.task_names and list(vocabulary.task_names) != meta["task_names"]:
+        problems.append(f"tasks {list(vocabulary.task_names)} != the model's {meta['task_names']}")
+    if problems:
+        raise ExportError("the vocabulary does not match the model: " + "; ".join(problems))
+    meta["field_names"] = list(vocabulary.field_names)
+    try:
+        return vocabulary.to_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:  # the archive stores text; the readers refuse non-UTF-8 cells
+        raise ExportError(f"the vocabulary is not UTF-8 text ({err})") from None
+
+
+def _compile_and_package(exported, path: Path, configs: dict, vocab_text: Optional[str]) -> None:
+    """``aoti_compile_and_package`` with the vocabulary as an extra file of the PT2 archive (package_pt2's
+    extra_files, under EXTRA_DIR): a plain zip member that C++ reads with PyTorchStreamReader, of any size
+    (AOTInductor's metadata is compiled into the .so as string literals)."""
+    from torch.export.pt2_archive._package import package_pt2
+
+    try:
+        gm = exported.module(check_guards=False)  # as aoti_compile_and_package (aot_compile drops guards too)
+    except TypeError:  # a torch without the argument
+        gm = exported.module()
+    args, kwargs = exported.example_inputs
+    files = torch._inductor.aot_compile(gm, args, kwargs, options={**configs, "aot_inductor.package": True})
+    package_pt2(str(path), aoti_files=files, extra_files=None if vocab_text is None else {VOCAB_NAME: vocab_text})
 
 
 def _flat_metadata(meta: dict) -> dict[str, str]:
@@ -334,6 +401,7 @@ def _flat_metadata(meta: dict) -> dict[str, str]:
         f"{METADATA_KEY}.num_dense": str(meta["num_dense"]),
         f"{METADATA_KEY}.num_bag_fields": str(meta["num_bag_fields"]),
         f"{METADATA_KEY}.backend": meta["backend"],
+        **({f"{METADATA_KEY}.vocabulary": meta["vocabulary"]["record"]} if meta.get("vocabulary") else {}),
     }
 
 
@@ -375,7 +443,125 @@ def read_metadata(path: Union[str, os.PathLike]) -> dict[str, Any]:
         raise PackageError(f"{path}: package format {meta.get('format')} is not supported by this pimm_fast "
                            f"(formats {', '.join(map(str, SUPPORTED_FORMATS))}); export it again")
     meta.setdefault("num_bag_fields", 0)
+    meta.setdefault("vocabulary", None)  # packages written before vocabularies travelled with them
     return meta
+
+
+def read_vocabulary(path: Union[str, os.PathLike]):
+    """The vocabulary stored in a package (a ``pimm_fast.data.Vocabulary``), or None for a package exported
+    without one. Raises PackageError as :func:`read_metadata` does."""
+    return _read_vocabulary(Path(path), read_metadata(path))
+
+
+def _read_vocabulary(path: Path, meta: dict):
+    from .data import DataFormatError
+    from .data.vocab import Vocabulary
+
+    info = meta.get("vocabulary")
+    if not info:
+        return None
+    with zipfile.ZipFile(path) as archive:  # members are "<archive root>/<record>"
+        members = [n for n in archive.namelist() if n.partition("/")[2] == info["record"]]
+        if not members:
+            raise PackageError(f"{path}: the metadata names a vocabulary, but the archive has no {info['record']}")
+        data = archive.read(members[0])
+    try:
+        return Vocabulary.from_bytes(data, f"{path}:{info['record']}")
+    except DataFormatError as err:
+        raise PackageError(str(err)) from None
+
+
+def _token(value: Any) -> bytes:
+    """A raw cell as the bytes the vocabulary looks up (the Parquet rules of pimm_fast.data.vocab)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if value is None or (isinstance(value, float) and value != value):
+        return b""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value)).encode()
+    return str(value).encode("utf-8")
+
+
+def _raw_tokens(values: Any, name: str):
+    """A column of raw values -> numpy ``S`` array of canonical tokens (long ones digested)."""
+    import numpy as np
+    from .data.vocab import MAX_TOKEN_BYTES, canonical_token
+
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"score_columns: column {name!r} must be 1-D, got shape {list(arr.shape)}")
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64).astype("S21")
+    if arr.dtype.kind == "U":
+        arr = np.char.encode(arr, "utf-8")
+    elif arr.dtype.kind != "S":
+        arr = np.array([_token(v) for v in arr.tolist()], dtype="S") if len(arr) else np.zeros(0, "S1")
+    if arr.dtype.itemsize > MAX_TOKEN_BYTES:
+        arr = np.array([canonical_token(t) for t in arr.tolist()], dtype="S")
+    return arr
+
+
+def _bag_tokens(values: Any, name: str):
+    """A bag column (per row: a sequence of values, or one str/bytes cell with '|' between them) ->
+    (canonical tokens of all rows, int64 offsets [N + 1])."""
+    import numpy as np
+
+    flat, offsets = [], [0]
+    for cell in values:
+        if cell is None or (isinstance(cell, float) and cell != cell):
+            parts = []
+        elif isinstance(cell, (str, bytes)):
+            raw = _token(cell)
+            parts = raw.split(b"|") if raw else []
+        else:
+            parts = [_token(v) for v in cell]
+        flat.extend(parts)
+        offsets.append(len(flat))
+    return _raw_tokens(np.array(flat, dtype=object), name), np.array(offsets, dtype=np.int64)
+
+
+def _dense_values(values: Any, name: str):
+    """A dense column -> float32 with NaN for missing, as the training reader reads it (parse_floats)."""
+    import numpy as np
+    from .data.readers import parse_floats
+
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"score_columns: column {name!r} must be 1-D, got shape {list(arr.shape)}")
+    if arr.dtype.kind in "fiub":
+        out = arr.astype(np.float64)
+        out[~np.isfinite(out)] = np.nan
+        return out.astype(np.float32)
+    if arr.dtype.kind == "U":
+        arr = np.char.encode(arr, "utf-8")
+    elif arr.dtype.kind != "S":
+        arr = np.array([_token(v) for v in arr.tolist()], dtype="S")
+    return parse_floats(arr, lambda r: f"row {r + 1}", "score_columns", name)[0]
+
+
+def _quiet_cuda_home_warning() -> None:
+    """Import torch.utils.cpp_extension with its logger quiet on a machine without a GPU.
+
+    A CUDA build of torch warns "No CUDA runtime is found, using CUDA_HOME=..." when that module is imported
+    (module-level ``_find_cuda_home``) and no GPU is visible; AOTInductor imports it on every package load
+    and export (``pick_vec_isa`` compiles a probe through cpp_builder). On a CPU machine there is nothing
+    to warn about; with a GPU the module is imported as usual."""
+    import importlib
+    import logging
+    import sys
+
+    if "torch.utils.cpp_extension" in sys.modules or torch.cuda.is_available():
+        return
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        importlib.import_module("torch.utils.cpp_extension")
+    finally:
+        logger.setLevel(level)
 
 
 def _check_cpu(meta: dict, path: Path) -> None:
@@ -393,11 +579,14 @@ class ExportedModel:
     Checks every call's input (dtype, field count, batch >= 1, ids in range per field, dense shape) and
     raises TypeError / ValueError / IndexError naming the problem. Inputs on another device are
     copied to the package's device. ``metadata`` holds field_dims, task_names, dense_names and
-    statistics, backend, versions."""
+    statistics, backend, versions. ``vocabulary``: the id encoding stored with the model (a
+    ``pimm_fast.data.Vocabulary``; None for a package exported without one), which
+    :meth:`score_columns` uses to score raw values."""
 
-    def __init__(self, runner, metadata: dict, device: torch.device, path: Path):
+    def __init__(self, runner, metadata: dict, device: torch.device, path: Path, vocabulary=None):
         self._runner = runner
         self.metadata = metadata
+        self.vocabulary = vocabulary
         self.device = device
         self.path = path
         self.field_dims = tuple(metadata["field_dims"])
@@ -407,7 +596,67 @@ class ExportedModel:
 
     def __repr__(self) -> str:
         return (f"ExportedModel({self.metadata['model_class']}, {len(self.field_dims)} fields, tasks "
-                f"{list(self.task_names)}, backend {self.metadata['backend']} on {self.device}, from {self.path})")
+                f"{list(self.task_names)}, backend {self.metadata['backend']} on {self.device}, "
+                f"{self._vocabulary_repr()}, from {self.path})")
+
+    def _vocabulary_repr(self) -> str:
+        if self.vocabulary is None:
+            return "no vocabulary (ids only)"
+        keys = sum(0 if f.keys is None else len(f.keys) for f in self.vocabulary.fields)
+        return f"vocabulary of {keys:,} keys"
+
+    def score_columns(self, columns: Mapping[str, Any], batch_size: int = 65536) -> tuple[torch.Tensor, dict]:
+        """Score raw values by column name with the package's vocabulary: ``(probs, unseen)``.
+
+        columns: {name: 1-D array-like} holding at least every field and dense column of the vocabulary, in
+            any order (other columns are ignored); missing ones are a DataFormatError naming them. Field cells:
+            str (UTF-8), bytes or int (as its decimal text) raw values, as in the training file; None / NaN
+            is the empty cell. A bag field's cell is a sequence of values, or a str/bytes with the values
+            separated by '|' ("" = an empty bag). Dense cells: numbers, or text read as the training reader
+            does (empty, NA, NaN, null, None, ?, -, N/A and +-inf are missing: NaN).
+        Values that are not a key of an encoded field get the unseen code 0 (counted); an identity field's
+        value that is not an id of the field is a DataFormatError naming the row, the column and the value.
+        Scores ``batch_size`` rows per call of the package. Returns probs float32 [N, T] (CPU), rows in the
+        input's order, and {field name: count of unseen values} of the encoded fields."""
+        import numpy as np
+
+        vocab = self.vocabulary
+        if vocab is None:
+            raise ValueError(f"{self.path}: the package has no vocabulary (exported without one, or by an older "
+                             f"pimm_fast): raw values cannot be encoded; export it with its vocabulary, or call it "
+                             f"with encoded ids")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        vocab.check_columns(list(columns), "score_columns")
+        lengths = {name: len(columns[name]) for name in vocab.field_names + vocab.dense_names}
+        n = next(iter(lengths.values()), 0)
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"score_columns: the columns have different lengths: {lengths}")
+        if n == 0:
+            raise ValueError("score_columns: no rows to score")
+        singles, bags, unseen = [], [], {}
+        for j, field in enumerate(vocab.fields):
+            if field.bag:
+                tokens, offsets = _bag_tokens(columns[field.name], field.name)
+                where = lambda i, o=offsets: f"row {int(np.searchsorted(o, i, side='right'))}"  # noqa: E731
+                codes, missed = vocab.encode_column(j, tokens, where, "score_columns")
+                bags.append((torch.from_numpy(codes), torch.from_numpy(offsets)))
+            else:
+                codes, missed = vocab.encode_column(j, _raw_tokens(columns[field.name], field.name),
+                                                    source="score_columns")
+                singles.append(codes)
+            if field.kind == "encoded":
+                unseen[field.name] = missed
+        ids = torch.from_numpy(np.stack(singles, 1) if singles else np.zeros((n, 0), np.int64))
+        dense = None
+        if vocab.dense_names:
+            dense = torch.from_numpy(np.stack([_dense_values(columns[name], name) for name in vocab.dense_names], 1))
+        out = [self._score_rows(ids, bags, dense, start, min(start + batch_size, n)).cpu()
+               for start in range(0, n, batch_size)]
+        return torch.cat(out), unseen
+
+    def _score_rows(self, ids, bags, dense, start: int, stop: int) -> torch.Tensor:
+        return self(ids[start:stop], None if dense is None else dense[start:stop])
 
     def _field(self, f: int) -> str:
         names = self.metadata.get("field_names")
@@ -471,8 +720,8 @@ class ExportedBagModel(ExportedModel):
     problem (row, field, position in bag_values). The bag ids are checked with one min/max pass per bag
     field; the package's embedding kernel checks ids and offsets again (what a C++ caller relies on)."""
 
-    def __init__(self, runner, metadata: dict, device: torch.device, path: Path):
-        super().__init__(runner, metadata, device, path)
+    def __init__(self, runner, metadata: dict, device: torch.device, path: Path, vocabulary=None):
+        super().__init__(runner, metadata, device, path, vocabulary)
         self.num_bag_fields = int(metadata["num_bag_fields"])
         self.num_single = len(self.field_dims) - self.num_bag_fields
         self._limits = self._limits[:self.num_single]
@@ -480,7 +729,7 @@ class ExportedBagModel(ExportedModel):
     def __repr__(self) -> str:
         return (f"ExportedBagModel({self.metadata['model_class']}, {self.num_single} single-valued + "
                 f"{self.num_bag_fields} bag fields, tasks {list(self.task_names)}, backend "
-                f"{self.metadata['backend']} on {self.device}, from {self.path})")
+                f"{self.metadata['backend']} on {self.device}, {self._vocabulary_repr()}, from {self.path})")
 
     def _check_layout(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
                       dense: Optional[torch.Tensor]) -> int:
@@ -551,6 +800,16 @@ class ExportedBagModel(ExportedModel):
     def _bag(self, j: int, B: int) -> str:
         return f"row {j % B} of {self._field(self.num_single + j // B)}"
 
+    def _score_rows(self, ids, bags, dense, start: int, stop: int) -> torch.Tensor:
+        values, offsets, base = [], [torch.zeros(1, dtype=torch.int64)], 0
+        for codes, bounds in bags:  # field-major: this field's bags of rows start..stop
+            lo, hi = int(bounds[start]), int(bounds[stop])
+            values.append(codes[lo:hi])
+            offsets.append(bounds[start + 1:stop + 1] - lo + base)
+            base += hi - lo
+        return self(ids[start:stop], torch.cat(values), torch.cat(offsets),
+                    None if dense is None else dense[start:stop])
+
     def __call__(self, ids: torch.Tensor, bag_values: torch.Tensor, bag_offsets: torch.Tensor,
                  dense: Optional[torch.Tensor] = None) -> torch.Tensor:
         ids, bag_values, bag_offsets, dense = (t.to(self.device) if isinstance(t, torch.Tensor) else t
@@ -584,6 +843,7 @@ def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device
         raise PackageError(f"{path}: the package calls pimm_fast's {meta['backend']} kernels, but the compiled "
                            f"library is not loaded ({_extension.STATE.reason})")
     _check_cpu(meta, path)
+    _quiet_cuda_home_warning()
     index = (target.index if target.index is not None else torch.cuda.current_device()) if target.type == "cuda" else -1
     try:
         runner = torch._inductor.aoti_load_package(str(path), device_index=index)
@@ -592,7 +852,7 @@ def load(path: Union[str, os.PathLike], device: Optional[Union[str, torch.device
     if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", index)
     kind = ExportedBagModel if meta.get("num_bag_fields") else ExportedModel
-    return kind(runner, meta, target, path)
+    return kind(runner, meta, target, path, _read_vocabulary(path, meta))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,6 +19,7 @@ import torch
 import pimm_fast
 import pimm_fast.export as px
 from pimm_fast.ops import backends, schemas
+from .cpp_example import build_score_csv, run_score_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -343,21 +343,11 @@ def test_export_in_eval_mode_keeps_validate_labels():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def score_csv(tmp_path_factory) -> Path:
-    if shutil.which("cmake") is None or (shutil.which("c++") is None and shutil.which("g++") is None):
-        pytest.skip("cmake or a C++ compiler is missing")
-    build = tmp_path_factory.mktemp("examples-build")
-    configure = subprocess.run(["cmake", "-S", str(ROOT / "examples"), "-B", str(build),
-                                f"-DPython3_EXECUTABLE={sys.executable}",
-                                f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"], capture_output=True, text=True)
-    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
-    result = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return build / "score_csv"
+    return build_score_csv(tmp_path_factory)  # once per session, from a copy of examples/
 
 
 def _run_cpp(binary: Path, package: Path, csv: Path) -> subprocess.CompletedProcess:
-    library = pimm_fast._extension.STATE.path
-    return subprocess.run([str(binary), str(package), library, str(csv)], capture_output=True, text=True, timeout=300)
+    return run_score_csv(binary, package, csv, "--ids")  # pre-encoded ids (raw values: test_export_vocab.py)
 
 
 @needs_cpp
