@@ -11,6 +11,8 @@ import pytest
 
 from pimm_fast.cli import main
 
+from .cpp_example import build_score_csv, run_score_csv
+
 CITIES = ["paris", "tōkyō", "new york", "são paulo", "o'hare, il", "lagos"]
 
 
@@ -144,3 +146,52 @@ def test_evaluate_matches_columns_by_name(run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out), "--data", f"csv:{renamed}"]) == 2
     assert "item" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def package(run):
+    """The run exported by `pimm-fast export` (its vocabulary inside), and file B scored from the checkpoint."""
+    root, out = run
+    pt2 = root / "model.pt2"
+    assert main(["export", "--checkpoint", str(out), "--out", str(pt2)]) == 0
+    new = root / "b_pkg.csv"
+    write_new(new, rows=1025, seed=7)
+    from_checkpoint = root / "b_ckpt.csv"
+    assert main(["predict", "--checkpoint", str(out), "--data", str(new), "--out", str(from_checkpoint)]) == 0
+    return pt2, new, read_csv(from_checkpoint)
+
+
+def test_checkpoint_package_and_cpp_agree_on_a_new_file(package, tmp_path, tmp_path_factory):
+    """The issue's acceptance test: file B (new ids, shuffled columns, key columns, no labels) scored from the
+    checkpoint, from the .pt2 in a fresh process (`pimm-fast predict --model`) and from C++ agree to 1e-6,
+    every row in order, the key columns back."""
+
+    pt2, new, expected = package
+    assert expected["request_id"] == [f"req-{r:04d}" for r in range(1025)]
+    want = np.array([expected["p_click"], expected["p_buy"]]).T
+    out = tmp_path / "b_pkg.csv"
+    result = subprocess.run([sys.executable, "-m", "pimm_fast", "predict", "--model", str(pt2), "--data", str(new),
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    fresh = read_csv(out)
+    assert fresh["request_id"] == expected["request_id"] and fresh["session"] == expected["session"]
+    np.testing.assert_allclose(np.array([fresh["p_click"], fresh["p_buy"]]).T, want, rtol=0, atol=1e-6)
+    binary = build_score_csv(tmp_path_factory)
+    cpp = run_score_csv(binary, pt2, new)
+    assert cpp.returncode == 0, cpp.stderr
+    scored = tmp_path / "cpp.csv"
+    scored.write_text(cpp.stdout)
+    table = read_csv(scored)
+    assert table["request_id"] == expected["request_id"]
+    np.testing.assert_allclose(np.array([table["p_click"], table["p_buy"]]).T, want, rtol=0, atol=1e-6)
+
+
+def test_a_renamed_column_is_refused_by_the_package_and_cpp(package, tmp_path, tmp_path_factory, capsys):
+
+    pt2, _, _ = package
+    renamed = tmp_path / "renamed.csv"
+    write_new(renamed, rows=5, rename={"item": "sku"})
+    assert main(["predict", "--model", str(pt2), "--data", str(renamed), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "item" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+    cpp = run_score_csv(build_score_csv(tmp_path_factory), pt2, renamed)
+    assert cpp.returncode != 0 and "item" in cpp.stderr and not cpp.stdout.strip()

@@ -10,30 +10,38 @@ from typing import Union
 
 from .. import export
 from ..errors import UsageError
-from .run import load_run_model
+from .run import load_run_model, open_run, run_model, vocabulary_data
 
 
 def model_from_checkpoint(directory: Union[str, os.PathLike], device: str = "cpu"):
-    """(model, field_names) of a training run directory (its best epoch where the run kept one), rebuilt
-    the way ``pimm-fast evaluate`` and ``predict`` rebuild it (:func:`.run.load_run_model`)."""
+    """(model, field_names, vocabulary) of a training run directory (its best epoch where the run kept one).
+    A run with a vocabulary is rebuilt from it alone, without reading its data; an older run (or one with
+    multi-valued fields, rebuilt from its raw files) as ``pimm-fast evaluate`` rebuilds it (:func:`.run.load_run_model`)."""
+    run = open_run(Path(directory))
+    vocabulary = run.vocabulary
+    if vocabulary is not None and not vocabulary.bag_fields:
+        model = run_model(run, vocabulary_data(vocabulary), device)
+        return model.eval(), list(vocabulary.field_names), vocabulary
     model, _, _, test, splits = load_run_model(Path(directory), None, device)
     names = list(splits.field_names) + list(test.bag_names)  # single-valued fields, then the bags
-    return model.to(device).eval(), names if names and len(names) == len(test.model_field_dims) else None
+    names = names if names and len(names) == len(test.model_field_dims) else None
+    return model.to(device).eval(), names, vocabulary
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``pimm-fast export``: a run's checkpoint -> an AOTInductor package."""
+    """``pimm-fast export``: a run's checkpoint -> an AOTInductor package, with the run's vocabulary."""
     if args.out.suffix != ".pt2":
         raise UsageError(f"--out must name a .pt2 file, got {args.out}")
-    model, field_names = model_from_checkpoint(args.checkpoint, args.device)
+    model, field_names, vocabulary = model_from_checkpoint(args.checkpoint, args.device)
     started = time.perf_counter()
     try:
-        export.save(model, args.out, backend=args.backend, field_names=field_names)
+        export.save(model, args.out, backend=args.backend, field_names=field_names, vocabulary=vocabulary)
     except export.ExportError as err:
         raise UsageError(str(err)) from None
     meta = export.read_metadata(args.out)
     bags = f" ({meta['num_bag_fields']} of them bags)" if meta["num_bag_fields"] else ""
     print(f"exported {meta['model_class']} ({len(meta['field_dims'])} fields{bags}, tasks "
-          f"{' -> '.join(meta['task_names'])}, "
-          f"backend {meta['backend']} on {meta['device']}) to {args.out} in {time.perf_counter() - started:.0f} s")
+          f"{' -> '.join(meta['task_names'])}, backend {meta['backend']} on {meta['device']}"
+          f"{'' if vocabulary is None else ', with its vocabulary'}) to {args.out} in "
+          f"{time.perf_counter() - started:.0f} s")
     return 0
