@@ -195,3 +195,26 @@ def test_a_renamed_column_is_refused_by_the_package_and_cpp(package, tmp_path, t
     assert "item" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
     cpp = run_score_csv(build_score_csv(tmp_path_factory), pt2, renamed)
     assert cpp.returncode != 0 and "item" in cpp.stderr and not cpp.stdout.strip()
+
+
+def test_readme_flow_runs_as_written(tmp_path):
+    """README's "Your data" commands, pasted into an empty folder (pimm-fast as python -m pimm_fast)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Your data"):]
+    block = section[section.index("```bash") + len("```bash"):section.index("```", section.index("```bash") + 7)]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert len(commands) == 5 and commands[0].startswith("python examples/shop_data.py")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    for command in commands:
+        argv = command.split()
+        if argv[0] == "python":
+            argv = [sys.executable, str(examples / "shop_data.py"), *argv[2:]]
+        else:
+            assert argv[0] == "pimm-fast", command
+            argv = [sys.executable, "-m", "pimm_fast", *argv[1:], *(["--no-progress"] if argv[1] == "train" else [])]
+        result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+    scores = read_csv(tmp_path / "scores.csv")
+    assert list(scores) == ["request_id", "session", "p_click", "p_buy"] and len(scores["request_id"]) == 1000
