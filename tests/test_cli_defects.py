@@ -109,3 +109,23 @@ def test_single_class_validation_is_said_and_does_not_stop_the_run(capsys, tmp_p
     assert out.count("epoch ") >= 3 and "epoch 3/3" in out  # before: stopped after epoch 1 without a word
     assert "validation last was undefined in all 3 epoch(s)" in out and "the last weights are scored" in out
     assert "Traceback" not in err and "RuntimeWarning" not in err
+
+
+def test_docs_say_what_runs_do():
+    """--threads' help claimed "all cores" (runs take one thread per 8192 samples of the batch); docs/data.md
+    said synthetic specs carve no validation (they carve valid_fraction, 10 %)."""
+    from pathlib import Path
+
+    import pimm_fast.runtime as runtime
+
+    parser = cli.build_parser()
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    text = next(a for a in train._actions if a.dest == "threads").help
+    assert "all cores" not in text and str(runtime.SAMPLES_PER_THREAD) in text
+    data_md = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert "synthetic specs too carve `valid_fraction` (10 %)" in data_md
+
+    from pimm_fast.data import load
+
+    splits = load("synthetic:demo", samples=2000, seed=0)
+    assert splits.valid is not None and len(splits.valid) == 200 and len(splits.train) == 1400  # 10 % and 70 %
