@@ -64,15 +64,15 @@ def test_config_json_of_a_run_keeps_its_keys(tmp_path):
 
 
 def test_the_data_spec_is_parsed_once_per_run(monkeypatch, tmp_path):
-    """Once by the command (checked, then loaded), once inside pimm_fast.data.load; the command line used to
-    parse it five times (check, its options, the cascade policy, the load options, the load)."""
+    """Once by the command, which checks it and hands the parsed spec to pimm_fast.data.load; the command line
+    used to parse it five times (check, its options, the cascade policy, the load options, the load)."""
     from pimm_fast.data import spec
 
     calls = []
     original = spec.parse_spec
     monkeypatch.setattr(spec, "parse_spec", lambda text: calls.append(text) or original(text))
     assert main(["train", *FAST, "--data", "synthetic:demo?valid_fraction=0.2"]) == 0
-    assert calls == ["synthetic:demo?valid_fraction=0.2"] * 2
+    assert calls == ["synthetic:demo?valid_fraction=0.2"]
 
 
 def test_compare_declares_the_shared_options_with_its_own_defaults():

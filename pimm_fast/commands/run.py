@@ -156,7 +156,7 @@ class DataRequest:
         log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
         extra = {"vocabulary": vocabulary} if vocabulary is not None and self.kind != "synthetic" else {}
         try:
-            splits = load(self.spec, log=log, **self.given, **extra)
+            splits = load(self.spec, log=log, parsed=(self.kind, self.arg, self.options), **self.given, **extra)
         except (ValueError, FileNotFoundError, NotADirectoryError, ImportError, DataFormatError) as err:
             raise UsageError(str(err)) from None
         for line in splits.report_lines():

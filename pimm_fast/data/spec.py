@@ -273,7 +273,7 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
          labels=None, features=None, dense=None, extra: Optional[str] = None, encode: Optional[bool] = None,
          dims: Optional[str] = None, header: Optional[str] = None, task_names=None, threads: Optional[int] = None,
          cache_dir: Optional[str | Path] = "auto", mmap: bool = True, log: Optional[Callable[[str], None]] = None,
-         vocabulary: Optional[Vocabulary] = None) -> Splits:
+         vocabulary: Optional[Vocabulary] = None, parsed: Optional[tuple[str, str, dict]] = None) -> Splits:
     """Load the source named by ``spec`` into train / valid / test splits (see the module doc for specs).
 
     Common options: ``seed`` (splits; default 0), ``policy`` ('drop' | 'error' | 'keep' rows that break the
@@ -288,8 +288,10 @@ def load(spec: str = "synthetic:demo", *, samples: Optional[int] = None, seed: O
     training. csv: fields and dense columns matched by name in any column order (labels default to the
     model's); aitm-csv, rechub-csv: sizes are the model's, an id outside them is an error naming the line;
     aliccp-raw: the raw ids are looked up in the model's keys. Synthetic data takes none.
+
+    ``parsed``: ``parse_spec(spec)`` where the caller has it already (the command line parses a spec once).
     """
-    kind, arg, from_spec = parse_spec(spec)
+    kind, arg, from_spec = parse_spec(spec) if parsed is None else parsed
     given = {"samples": samples, "seed": seed, "policy": policy, "valid_fraction": valid_fraction,
              "test_fraction": test_fraction, "scale": scale, "min_count": min_count, "variant": variant,
              "labels": labels, "features": features, "dense": dense, "extra": extra, "encode": encode, "dims": dims,
