@@ -230,7 +230,7 @@ def test_id_cells_with_nul_or_invalid_utf8_are_refused(tmp_path, quoted, cell, p
 def test_synthetic_specs_carve_a_validation_split_in_every_command():
     # docs/data.md said the train command sets valid_fraction=0 for synthetic specs; the code (since the
     # trainer validates) carves valid_fraction (10 %) of the data, as README.md and docs/experiments.md say
-    from pimm_fast.cli import load_data
+    from pimm_fast.commands.run import load_data
 
     s = load_data("synthetic:demo", samples=1000, seed=0, quiet=True)
     assert (len(s.train), len(s.valid), len(s.test)) == (700, 100, 200)
