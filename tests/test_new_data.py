@@ -218,3 +218,25 @@ def test_readme_flow_runs_as_written(tmp_path):
         assert result.returncode == 0, (command, result.stderr[-2000:])
     scores = read_csv(tmp_path / "scores.csv")
     assert list(scores) == ["request_id", "session", "p_click", "p_buy"] and len(scores["request_id"]) == 1000
+
+
+def test_a_run_from_before_vocabularies(run, tmp_path, capsys):
+    """A run saved without a vocabulary still evaluates its own data; a raw file it cannot encode is refused."""
+    import shutil
+
+    import torch
+
+    root, out = run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "vocabulary.txt").unlink()
+    for name in ("checkpoint.pt", "best.pt"):
+        payload = torch.load(old / name, weights_only=True)
+        del payload["vocabulary"]
+        torch.save(payload, old / name)
+    assert main(["evaluate", "--checkpoint", str(old)]) == 0
+    new = tmp_path / "b.csv"
+    write_new(new, rows=3)
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(old), "--data", str(new), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "holds no vocabulary" in capsys.readouterr().err
