@@ -15,8 +15,8 @@
 //   - a bag field (multi-valued): its tokens separated by '|' (an empty cell is an empty bag);
 //   - a dense column: a number; empty, NA, NaN, null, None, ?, -, N/A (any case) and +-inf are missing
 //     (NaN, which the model imputes and flags as in training).
-// Prints CSV on stdout: the key columns (by default every column that is neither a feature, a dense nor a
-// label column of the vocabulary; --keep-columns a,b chooses them, "" for none), then p_<task>, one row per
+// Prints CSV on stdout: the key columns (by default every column that is neither a feature nor a dense
+// column of the vocabulary, labels included; --keep-columns a,b chooses them, "" for none), then p_<task>, one row per
 // input row in the input's order; the count of unseen values per field goes to stderr. The rows are
 // read, encoded and scored --batch rows at a time (default 65536).
 //
@@ -574,8 +574,7 @@ int run_raw(Package& p, const std::string& model_path, const std::string& csv_pa
       keys.push_back(column[name]);
     }
   } else {
-    std::set<std::string> used(needed.begin(), needed.end());
-    used.insert(vocab.labels.begin(), vocab.labels.end());
+    std::set<std::string> used(needed.begin(), needed.end());  // label columns come back, to check scores
     for (size_t i = 0; i < header.size(); ++i) {
       if (!used.count(header[i])) keys.push_back(i);
     }

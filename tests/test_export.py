@@ -581,7 +581,7 @@ def test_cli_export_and_predict_with_bags(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["predict", "--model", str(package), "--data", data.replace("variant=full", "variant=aitm"),
                      "--out", str(tmp_path / "x.parquet")]) == 2
-    assert "does not fit" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
+    assert "are not the 'aitm' variant's" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
 
 
 # ---------------------------------------------------------------------------------------------

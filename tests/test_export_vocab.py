@@ -282,9 +282,9 @@ def test_cpp_scores_the_raw_csv(census, score_csv):
     result = run_score_csv(score_csv, census["package"], census["csv"])
     assert result.returncode == 0, result.stderr[-3000:]
     header, rows = _read_output(result.stdout)
-    assert header == ["id", "region", "p_click", "p_buy"]  # keys: not a field, dense or label column
-    assert [r[:2] for r in rows] == [[r[0], r[3]] for r in census["rows"]]  # every row, in order, keys intact
-    probs = torch.tensor([[float(v) for v in r[2:]] for r in rows])
+    assert header == ["id", "region", "income", "p_click", "p_buy"]  # keys: not a field or dense column
+    assert [r[:3] for r in rows] == [[r[0], r[3], r[7]] for r in census["rows"]]  # every row, in order, keys intact
+    probs = torch.tensor([[float(v) for v in r[3:]] for r in rows])
     assert (probs - census["expected"]).abs().max().item() <= 1e-6
     unseen = census["unseen"]
     assert (f"unseen values (code 0) per field: workclass {unseen['workclass']}, education {unseen['education']}, "
@@ -387,16 +387,17 @@ def real_census(tmp_path_factory):
 
 def test_real_census_sample_scored_in_python_and_cpp(real_census, score_csv):
     census, table = real_census, real_census["table"]
-    assert list(table.keys) == ["row_id"] and sum(table.unseen.values()) > 0  # the test sample has new codes
+    assert list(table.keys) == ["row_id", "income", "marital status"]  # the key column, then the labels
+    assert sum(table.unseen.values()) > 0  # the test sample has new codes
     probs, unseen = px.load(census["package"]).score_columns(census["columns"])
     assert (probs - census["expected"]).abs().max().item() <= 1e-6
     assert unseen == table.unseen
     result = run_score_csv(score_csv, census["package"], census["csv"])
     assert result.returncode == 0, result.stderr[-3000:]
     header, rows = _read_output(result.stdout)
-    assert header == ["row_id", "p_income", "p_marital status"]
+    assert header == ["row_id", "income", "marital status", "p_income", "p_marital status"]
     assert [r[0] for r in rows] == list(table.keys["row_id"])
-    cpp = torch.tensor([[float(v) for v in r[1:]] for r in rows])
+    cpp = torch.tensor([[float(v) for v in r[3:]] for r in rows])
     assert (cpp - census["expected"]).abs().max().item() <= 1e-6
     assert f"{len(rows)} rows; unseen values (code 0) per field: class of worker 0, industry code " \
            f"{table.unseen['industry code']}," in result.stderr

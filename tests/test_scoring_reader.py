@@ -28,7 +28,7 @@ def test_csv_every_row_in_file_order_with_keys_unseen_and_labels(tmp_path):
     assert t.unseen == {"user": 2, "hour": 0}
     np.testing.assert_array_equal(t.dense, np.array([[1.5], [np.nan], [np.nan], [2.0]], dtype=np.float32))
     assert t.labels.dtype == np.float32 and t.labels.tolist() == [[0, 1], [1, 0], [0, 0], [1, 1]]
-    assert list(t.keys) == ["request_id", "note"]
+    assert list(t.keys) == ["request_id", "buy", "click", "note"]  # labels come back too
     assert t.keys["request_id"].tolist() == ["007", "r2", "r3", "r4"]  # text, leading zeros kept
     assert t.keys["note"].tolist() == ["a b", "", "x", ""]
     only = read_for_scoring(path, vocab(), keep_columns=["request_id", "user"])

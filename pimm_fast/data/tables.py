@@ -250,9 +250,10 @@ def load_rechub_csv(directory: Path, policy: str = "drop", dense: Optional[Seque
     files = rechub_files(directory)
     if vocabulary is not None:
         model_sizes = _identity_sizes(vocabulary, RECHUB_SPARSE, "rechub-csv")
-        if dense is not None and [str(d) for d in dense] not in (list(vocabulary.dense_names), ["none"]):
-            raise ValueError(f"dense={list(dense)} differs from the model's dense columns "
-                             f"{list(vocabulary.dense_names)}")
+        asked = None if dense is None else [str(d) for d in dense]
+        if asked is not None and asked != (list(vocabulary.dense_names) or ["none"]):
+            raise ValueError(f"dense={','.join(asked)} differs from the model's dense columns "
+                             f"{list(vocabulary.dense_names)}: leave dense= out (the model's are read)")
         dense = list(vocabulary.dense_names) or ["none"]
     task_names = ("click", "conversion")
     stats: dict = {"policy": policy, "files": {k: str(v) for k, v in files.items()}, "altered": {}}
