@@ -106,7 +106,7 @@ def test_every_rank_takes_the_same_early_stopping_decision(runs):
     assert rank0 == rank1  # the same records, epochs and monitored values, so both ranks left the loop together
     early = run["early"][2]
     assert early == {"monitor": "last", "best": run["history_d"][0]["monitor"], "best_epoch": 0, "bad_epochs": 2,
-                     "stopped": True}
+                     "stopped": True, "undefined_epochs": 0}
     assert len(run["history_d"]) == 3 and len({r["monitor"] for r in run["history_d"]}) == 1
     # the lr was scaled in both optimizers (the frozen run proves the fused table's lr follows too)
     assert [r["lr"] for r in run["history_d"]] == pytest.approx([0.02, 0.02e-30, 0.02e-60], rel=1e-9)
@@ -124,7 +124,8 @@ def test_early_stopping_record_is_the_single_process_one(runs):
     best_epoch = max(range(len(values)), key=lambda e: (values[e], -e))
     assert early["best_epoch"] == best_epoch and early["best"] == values[best_epoch]
     assert early["bad_epochs"] == len(values) - 1 - best_epoch
-    assert early["stopped"] == (early["bad_epochs"] >= CONFIG["patience"])
+    # stopped early: patience reached with epochs left (reaching it at the last epoch is no early stop)
+    assert early["stopped"] == (early["bad_epochs"] >= CONFIG["patience"] and len(values) < EPOCHS)
     assert len(values) == (EPOCHS if not early["stopped"] else best_epoch + 1 + CONFIG["patience"])
     assert set(history[0]["valid"]) >= {"auc", "logloss", "conditional_auc", "ece", "funnel_violation", "oracle_auc"}
 
@@ -194,7 +195,8 @@ def test_torchrun_run_directory(tmp_path, capsys):
     assert results["config"] == config and config["distributed"]["processes"] == 2
     assert config["patience"] == 3 and config["lr_schedule"] == "step" and config["embedding"] == "torchrec"
     assert results["early_stopping"] == {"monitor": "mean", "best": results["history"][0]["monitor"], "best_epoch": 0,
-                                         "bad_epochs": 0, "stopped": False}
+                                         "bad_epochs": 0, "stopped": False,
+                                         "undefined_epochs": 0}
     assert (run_dir / "sharded" / "latest").read_text().strip() == "epoch-1"
     assert (run_dir / "sharded" / "best" / ".metadata").is_file()
 
