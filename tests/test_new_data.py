@@ -148,6 +148,72 @@ def test_evaluate_matches_columns_by_name(run, tmp_path, capsys):
     assert "item" in capsys.readouterr().err
 
 
+def write_labelled(path, rows=400, seed=3, broken=(5, 17, 18)):
+    """New labelled rows (unseen ids among them), columns in another order than training's; the rows
+    ``broken`` have buy=1 with click=0 (they break the cascade)."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "buy", "request_id", "price", "click", "item", "city"])
+        for r in range(rows):
+            city = rng.integers(0, len(CITIES))
+            click = int(rng.random() < 0.2 + 0.3 * (city % 2))
+            buy = 1 if r in broken else int(click and rng.random() < 0.4)
+            if r in broken:
+                click = 0
+            w.writerow([f"u{rng.integers(0, 90)}", buy, f"req-{r}", f"{rng.gamma(2.0, 10.0):.2f}", click,
+                        int(rng.integers(-30, 60)), CITIES[city] if r % 9 else "berlin"])
+
+
+def test_evaluate_measures_every_row_of_a_new_labelled_file(run, tmp_path, capsys):
+    """evaluate --data FILE: every row of the file (no split), encoded with the run's vocabulary, the rows that
+    break the cascade dropped by the run's policy ('drop') and counted; the metrics are those of predict's
+    probabilities on the same rows (AUC and log loss checked against scikit-learn)."""
+    import json
+
+    sk = pytest.importorskip("sklearn.metrics")
+    _, out = run
+    new = tmp_path / "week2.csv"
+    write_labelled(new)
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(new), "--output", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "400 rows; 3 dropped: labels break the cascade" in printed and "every row of" in printed
+    saved = json.loads(report.read_text())
+    result = saved["test"]
+    assert saved["rows"] == 400 and saved["cascade_dropped"] == 3 and result["samples"] == 397
+    preds = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(out), "--data", str(new), "--out", str(preds)]) == 0
+    table = read_csv(preds)  # the labels come back as key columns by default
+    keep = [r not in (5, 17, 18) for r in range(400)]
+    for t, task in enumerate(("click", "buy")):
+        y = np.array(table[task])[keep]
+        p = np.array(table[f"p_{task}"])[keep]
+        assert result["positives"][t] == int(y.sum())
+        assert abs(result["auc"][t] - sk.roc_auc_score(y, p)) < 1e-6
+        assert abs(result["logloss"][t] - sk.log_loss(y, p)) < 1e-5
+
+
+def test_evaluate_on_a_file_names_missing_and_bad_labels(run, tmp_path, capsys):
+    _, out = run
+    unlabelled = tmp_path / "b.csv"
+    write_new(unlabelled, rows=20)
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(unlabelled)]) == 2
+    err = capsys.readouterr().err
+    assert "label column(s) ['click', 'buy'] are missing" in err and "predict scores" in err
+    bad = tmp_path / "bad.csv"
+    write_labelled(bad, rows=20, broken=())
+    lines = bad.read_text().splitlines()
+    cells = lines[7].split(",")
+    cells[1] = ""  # buy, empty on line 8
+    lines[7] = ",".join(cells)
+    bad.write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(bad)]) == 2
+    assert "bad.csv, line 8: label 'buy' = nan is NaN" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(bad), "--output", "/proc/nope/m.json"]) == 2
+    assert "--output /proc/nope/m.json" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def package(run):
     """The run exported by `pimm-fast export` (its vocabulary inside), and file B scored from the checkpoint."""

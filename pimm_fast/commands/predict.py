@@ -1,5 +1,6 @@
-"""``pimm-fast evaluate`` (metrics of a trained run on a data spec's test split) and ``pimm-fast predict``
-(probabilities of every task for every row, from a run directory or an exported ``.pt2``)."""
+"""``pimm-fast evaluate`` (metrics of a trained run on every row of a labelled file, or on a data spec's test
+split) and ``pimm-fast predict`` (probabilities of every task for every row, from a run directory or an exported
+``.pt2``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,22 +11,66 @@ import torch
 
 from ..errors import UsageError
 from ..train import checkpoint as ckpt
+from ..metrics import cascade_metrics
+from ..models.base import check_finite
 from ..train.trainer import evaluate, predict
-from .run import DataRequest, format_table, jsonable, load_run_model
+from .run import DataRequest, check_output_path, format_table, jsonable, load_run_model
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    check_output_path(args.output)
     if args.threads:
         torch.set_num_threads(args.threads)
+    path = scoring_file(args.data)
+    if path is not None:
+        return _evaluate_file(args, path)
     model, config, path, test, _ = load_run_model(args.checkpoint, args.data, args.device)
     result = evaluate(model, test)
     print(f"{type(model).__name__} from {path} on the test split of {args.data or config.data} "
           f"({len(test):,} rows)\n" + format_table(result))
-    if args.output is not None:
-        ckpt.save_json(Path(args.output), jsonable({"checkpoint": str(path), "data": args.data or config.data,
-                                                     "test": result}))
+    _write_evaluation(args.output, path, args.data or config.data, result)
+    return 0
+
+
+def _write_evaluation(output: Optional[str], path: Path, data: str, result: dict, **extra) -> None:
+    if output is not None:
+        ckpt.save_json(Path(output), jsonable({"checkpoint": str(path), "data": data, **extra, "test": result}))
+
+
+def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
+    """Metrics on every row of one labelled file (no split), raw values encoded with the run's vocabulary;
+    rows whose labels break the cascade are treated by the run's cascade policy (default 'drop'), counted."""
+    from ..data import DataFormatError
+    from ..data.cascade import apply_policy, check_labels
+    from .run import open_run, run_model, vocabulary_data
+
+    run = open_run(Path(args.checkpoint))
+    table = read_scoring_file(path, run.vocabulary, [], run.path, require_labels=True)
+    tasks = list(run.vocabulary.task_names)
+    policy = DataRequest.parse(run.config.data, run.config.samples, run.config.seed).options.get("policy", "drop")
+    stats: dict = {}
+    try:
+        check_labels(table.labels, tasks, str(path), where=table.where)
+        keep = apply_policy(table.labels, policy, tasks, str(path), stats, where=table.where)
+    except DataFormatError as err:
+        raise UsageError(str(err)) from None
+    x, dense, y = table.x, table.dense, table.labels
+    if keep is not None:
+        x, y, dense = x[keep], y[keep], None if dense is None else dense[keep]
+    model = run_model(run, vocabulary_data(run.vocabulary), args.device).eval()
+    device = next(model.parameters()).device
+    probs = score_batches(lambda ids, d: model(ids.to(device), **({} if d is None else {"dense": d.to(device)})),
+                          x, dense, len(tasks))
+    check_finite(probs)
+    result = cascade_metrics(probs, torch.from_numpy(y), tasks)
+    dropped = stats.get("cascade_dropped", 0)
+    note = f"; {dropped:,} dropped: labels break the cascade (the run's cascade policy '{policy}')" if dropped else ""
+    print(f"{path}: {table.rows:,} rows{note}; {unseen_line(table)}")
+    print(f"{type(model).__name__} from {run.path} on every row of {path} ({len(y):,} rows)\n" + format_table(result))
+    _write_evaluation(args.output, run.path, args.data, result, rows=table.rows, cascade_dropped=dropped,
+                      policy=policy)
     return 0
 
 
@@ -59,8 +104,8 @@ def write_predictions(path: Path, columns: dict, probs: torch.Tensor, task_names
 
 def scoring_file(data: Optional[str]) -> Optional[Path]:
     """The file ``--data`` names when it is one CSV or Parquet file (``FILE`` or ``csv:FILE``, no options):
-    predict scores its every row. None for a data spec (a directory, a source kind, options), whose test split
-    is scored."""
+    predict scores and evaluate measures its every row. None for a data spec (a directory, a source kind,
+    options), whose test split is used."""
     if not data:
         return None
     text = data[len("csv:"):] if data.startswith("csv:") else data
@@ -74,7 +119,7 @@ def scoring_file(data: Optional[str]) -> Optional[Path]:
     return None
 
 
-def read_scoring_file(path: Path, vocabulary, keep_columns, source):
+def read_scoring_file(path: Path, vocabulary, keep_columns, source, require_labels: bool = False):
     """:func:`pimm_fast.data.read_for_scoring`, with user errors as UsageError; a model without a vocabulary
     (trained or exported before vocabularies were saved) cannot encode raw values."""
     from ..data import DataFormatError, read_for_scoring
@@ -84,7 +129,7 @@ def read_scoring_file(path: Path, vocabulary, keep_columns, source):
                          f"so raw values cannot be encoded; retrain it, or score a data spec (--data SPEC) whose "
                          f"encoding matches the model")
     try:
-        return read_for_scoring(path, vocabulary, keep_columns=keep_columns)
+        return read_for_scoring(path, vocabulary, keep_columns=keep_columns, require_labels=require_labels)
     except (DataFormatError, FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
 
@@ -163,6 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.model is None):
         raise UsageError("give exactly one of --checkpoint DIR (a run directory) and --model FILE.pt2 (an exported "
                          "model)")
+    check_output_path(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     path = scoring_file(args.data)

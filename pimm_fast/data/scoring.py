@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -31,7 +31,8 @@ class ScoringTable:
     """A file read for scoring: codes ``x`` int64 [N, F] (the vocabulary's single-valued fields), ``dense``
     float32 [N, K] raw values (NaN = missing) or None, ``labels`` float32 [N, T] (NaN = missing) when the
     file holds every label column, else None, ``keys`` {column: array} the passed-through columns (CSV: str
-    cells as read; Parquet: the column's values), ``unseen`` {field: cells that got the unseen code 0}."""
+    cells as read; Parquet: the column's values), ``unseen`` {field: cells that got the unseen code 0},
+    ``where(row)`` the place of row ``row`` (0-based) in the file ("line 7", "row 7") for messages."""
 
     x: np.ndarray
     dense: Optional[np.ndarray]
@@ -40,14 +41,16 @@ class ScoringTable:
     unseen: dict = field(default_factory=dict)
     rows: int = 0
     path: Optional[Path] = None
+    where: Callable[[int], str] = _parquet_row
 
 
 def read_for_scoring(path, vocabulary: Vocabulary, keep_columns: Optional[Sequence[str]] = None,
-                     chunk_bytes: int = 4 << 20) -> ScoringTable:
+                     chunk_bytes: int = 4 << 20, require_labels: bool = False) -> ScoringTable:
     """Every row of the CSV or Parquet file ``path``, in file order, encoded with ``vocabulary``.
 
     The model's fields and dense columns must be in the file (a DataFormatError names the missing ones);
-    labels are read when all of the model's label columns are there. ``keep_columns``: the columns
+    labels are read when all of the model's label columns are there (``require_labels``: a missing one is an
+    error, as evaluating needs them). ``keep_columns``: the columns
     passed through into ``keys`` (default: every column that is neither a field nor a dense column);
     one that is missing is an error. Id cells are encoded as in training (unseen, rare, empty: 0); an id
     outside an identity field's range, a cell with a NUL or invalid UTF-8, and a dense value that is not a
@@ -61,18 +64,23 @@ def read_for_scoring(path, vocabulary: Vocabulary, keep_columns: Optional[Sequen
     if not path.is_file():
         raise FileNotFoundError(f"file to score not found: {path}")
     if path.suffix.lower() in (".parquet", ".pq"):
-        return _read_parquet(path, vocabulary, keep_columns)
-    return _read_csv(path, vocabulary, keep_columns, chunk_bytes)
+        return _read_parquet(path, vocabulary, keep_columns, require_labels)
+    return _read_csv(path, vocabulary, keep_columns, chunk_bytes, require_labels)
 
 
-def _roles(names: list, vocabulary: Vocabulary, keep_columns, path: Path):
+def _roles(names: list, vocabulary: Vocabulary, keep_columns, path: Path, require_labels: bool = False):
     """(feature, dense, label (or None), key) column indices of a file whose columns are ``names``."""
     vocabulary.check_columns(names, f"{path} (a scoring file needs a header line naming its columns)")
     ncols = len(names)
     features = match_columns([f.name for f in vocabulary.single_fields], names, ncols, path, "feature")
     dense = match_columns(list(vocabulary.dense_names), names, ncols, path, "dense")
     labels = None
-    if vocabulary.label_names and all(n in names for n in vocabulary.label_names):
+    missing = [n for n in vocabulary.label_names if n not in names]
+    if require_labels and missing:
+        raise DataFormatError(f"{path}: the label column(s) {missing} are missing (the model's labels are "
+                              f"{list(vocabulary.label_names)}); evaluating needs every label, predict scores a "
+                              f"file without them")
+    if vocabulary.label_names and not missing:
         labels = match_columns(list(vocabulary.label_names), names, ncols, path, "label")
     if keep_columns is None:
         used = set(features) | set(dense)  # labels too come back: the scores can be checked against them
@@ -94,10 +102,11 @@ def _finish(path, vocabulary, feats, dense, labels, keys, where) -> ScoringTable
     if labels is not None:
         y = np.stack([parse_floats(t, where, str(path), n, "label")[0]
                       for n, t in zip(vocabulary.label_names, labels)], 1) if labels else np.zeros((len(x), 0))
-    return ScoringTable(x=x, dense=d, labels=y, keys=keys, unseen=unseen, rows=len(x), path=path)
+    return ScoringTable(x=x, dense=d, labels=y, keys=keys, unseen=unseen, rows=len(x), path=path, where=where)
 
 
-def _read_csv(path: Path, vocabulary: Vocabulary, keep_columns, chunk_bytes: int) -> ScoringTable:
+def _read_csv(path: Path, vocabulary: Vocabulary, keep_columns, chunk_bytes: int,
+              require_labels: bool) -> ScoringTable:
     line, bom = read_first_line(path)
     first = [t.strip() for t in split_line(line)]
     ncols = len(first)
@@ -113,7 +122,7 @@ def _read_csv(path: Path, vocabulary: Vocabulary, keep_columns, chunk_bytes: int
         names, skip = [str(i) for i in range(ncols)], 0
     else:
         names, skip = first, 1
-    features, dense, labels, keys = _roles(names, vocabulary, keep_columns, path)
+    features, dense, labels, keys = _roles(names, vocabulary, keep_columns, path, require_labels)
     wanted = features + dense + (labels or []) + keys
     kinds = ["bytes"] * len(features) + ["float"] * len(dense) + ["label"] * len(labels or []) + \
         ["text"] * len(keys)
@@ -128,11 +137,11 @@ def _read_csv(path: Path, vocabulary: Vocabulary, keep_columns, chunk_bytes: int
                    {names[i]: c for i, c in zip(keys, columns[nf + nd + nl:])}, where)
 
 
-def _read_parquet(path: Path, vocabulary: Vocabulary, keep_columns) -> ScoringTable:
+def _read_parquet(path: Path, vocabulary: Vocabulary, keep_columns, require_labels: bool) -> ScoringTable:
     import pyarrow as pa
     import pyarrow.parquet as pq
     names = column_names(path)
-    features, dense, labels, keys = _roles(names, vocabulary, keep_columns, path)
+    features, dense, labels, keys = _roles(names, vocabulary, keep_columns, path, require_labels)
     wanted = sorted(set(features + dense + (labels or []) + keys))
     try:
         table = pq.read_table(path, columns=[names[i] for i in wanted])
