@@ -44,7 +44,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     rows whose labels break the cascade are treated by the run's cascade policy (default 'drop'), counted."""
     from ..data import DataFormatError
     from ..data.cascade import apply_policy, check_labels
-    from .run import open_run, run_model, vocabulary_data
+    from .run import open_run
 
     run = open_run(Path(args.checkpoint))
     table = read_scoring_file(path, run.vocabulary, [], run.path, require_labels=True)
@@ -59,10 +59,7 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     x, dense, y = table.x, table.dense, table.labels
     if keep is not None:
         x, y, dense = x[keep], y[keep], None if dense is None else dense[keep]
-    model = run_model(run, vocabulary_data(run.vocabulary), args.device).eval()
-    device = next(model.parameters()).device
-    probs = score_batches(lambda ids, d: model(ids.to(device), **({} if d is None else {"dense": d.to(device)})),
-                          x, dense, len(tasks))
+    model, probs = run_scores(run, x, dense, args.device)
     check_finite(probs)
     result = cascade_metrics(probs, torch.from_numpy(y), tasks)
     dropped = stats.get("cascade_dropped", 0)
@@ -153,6 +150,18 @@ def score_batches(forward, x, dense, num_tasks: int, batch_size: int = 16384) ->
             rows = slice(start, start + batch_size)
             out.append(forward(ids[rows], None if d is None else d[rows]).float().cpu())
     return torch.cat(out) if out else torch.empty(0, num_tasks)
+
+
+def run_scores(run, x, dense, device: str):
+    """(model, probabilities [N, T]) of a saved run (:func:`.run.open_run`) on codes ``x`` and raw dense
+    values, the model rebuilt from the run's vocabulary alone."""
+    from .run import run_model, vocabulary_data
+
+    model = run_model(run, vocabulary_data(run.vocabulary), device).eval()
+    at = next(model.parameters()).device
+    probs = score_batches(lambda ids, d: model(ids.to(at), **({} if d is None else {"dense": d.to(at)})),
+                          x, dense, len(run.vocabulary.task_names))
+    return model, probs
 
 
 def _load_package(path: Path):
@@ -248,17 +257,13 @@ def _predict_file(args: argparse.Namespace, path: Path) -> int:
         probs = score_batches(lambda ids, dense: fn(ids, dense) if dense is not None else fn(ids), table.x,
                               table.dense, len(task_names))
     else:
-        from .run import open_run, run_model, vocabulary_data
+        from .run import open_run
 
         run = open_run(Path(args.checkpoint))
         source = run.path
         table = read_scoring_file(path, run.vocabulary, args.keep_columns, source)
-        model = run_model(run, vocabulary_data(run.vocabulary), args.device).eval()
         task_names = list(run.vocabulary.task_names)
-        device = next(model.parameters()).device
-        probs = score_batches(lambda ids, dense: model(ids.to(device), **({} if dense is None else
-                                                                          {"dense": dense.to(device)})),
-                              table.x, table.dense, len(task_names))
+        _, probs = run_scores(run, table.x, table.dense, args.device)
     try:
         write_predictions(Path(args.out), table.keys, probs, task_names)
     except ValueError as err:
