@@ -212,6 +212,10 @@ def test_evaluate_on_a_file_names_missing_and_bad_labels(run, tmp_path, capsys):
     assert "bad.csv, line 8: label 'buy' = nan is NaN" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(bad), "--output", "/proc/nope/m.json"]) == 2
     assert "--output /proc/nope/m.json" in capsys.readouterr().err
+    broken = tmp_path / "broken.csv"
+    write_labelled(broken, rows=2, broken=(0, 1))
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(broken)]) == 2
+    assert "no rows to evaluate (2 in the file, 2 dropped" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

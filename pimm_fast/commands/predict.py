@@ -59,6 +59,9 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     x, dense, y = table.x, table.dense, table.labels
     if keep is not None:
         x, y, dense = x[keep], y[keep], None if dense is None else dense[keep]
+    if len(y) == 0:
+        raise UsageError(f"{path}: no rows to evaluate ({table.rows:,} in the file, "
+                         f"{stats.get('cascade_dropped', 0):,} dropped: labels break the cascade)")
     model, probs = run_scores(run, x, dense, args.device)
     check_finite(probs)
     result = cascade_metrics(probs, torch.from_numpy(y), tasks)
