@@ -145,3 +145,31 @@ def test_many_keys_round_trip():
     assert np.array_equal(w.fields[0].keys, keys)
     codes, unseen = w.encode_column(0, np.array([0, 7, 8], dtype=np.int64))
     assert codes.tolist()[2] == 0 and unseen == 1 and keys[codes[1] - 1] == b"7"
+
+
+def test_difference_names_the_first_mismatch():
+    def field(keys, name="user"):
+        return FieldVocab(name, "encoded", len(keys) + 1, keys=np.array(keys))
+
+    base = Vocabulary([field([b"u1", b"u2"]), FieldVocab("hour", "identity", 24)], task_names=["c", "b"])
+    assert base.difference(Vocabulary.from_bytes(base.to_bytes())) is None
+    other = Vocabulary([field([b"u1", b"u3"]), FieldVocab("hour", "identity", 24)], task_names=["c", "b"])
+    assert base.difference(other) == "field 'user': code 2 is 'u2' against 'u3' (same size, other values)"
+    bigger = Vocabulary([field([b"u1", b"u2", b"u3"]), FieldVocab("hour", "identity", 24)], task_names=["c", "b"])
+    assert "field 'user': encoded of size 3 (min_count 1) against encoded of size 4" in base.difference(bigger)
+    renamed = Vocabulary([field([b"u1", b"u2"], "uid"), FieldVocab("hour", "identity", 24)], task_names=["c", "b"])
+    assert base.difference(renamed) == "field names ['user', 'hour'] against ['uid', 'hour']"
+
+
+def test_change_from_unsaved_numbering():
+    """Runs saved without a vocabulary numbered integer ids (raw Ali-CCP, Parquet integer columns) in numeric
+    order and digested long cells with BLAKE2b: a rebuilt vocabulary whose codes differ says why."""
+    ids = Vocabulary([FieldVocab("101", "encoded", 4, keys=np.array([b"10", b"31319", b"5"]))])
+    assert "numbered in numeric order then" in ids.change_from_unsaved({"101"})
+    assert ids.change_from_unsaved() is None  # CSV cells were bytes then too: the same order
+    same = Vocabulary([FieldVocab("101", "encoded", 4, keys=np.array([b"3", b"5", b"7"]))])
+    assert same.change_from_unsaved({"101"}) is None  # one digit: numeric and text order agree
+    words = Vocabulary([FieldVocab("city", "encoded", 3, keys=np.array([b"lagos", b"paris"]))])
+    assert words.change_from_unsaved({"city"}) is None
+    long = Vocabulary([FieldVocab("url", "encoded", 3, keys=np.array(sorted([fnv_digest(b"x" * 80), b"a"])))])
+    assert f"cells over {MAX_TOKEN_BYTES} bytes" in long.change_from_unsaved()

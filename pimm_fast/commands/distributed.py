@@ -13,7 +13,8 @@ import torch
 from ..distributed import torchrec_error
 from ..distributed.checkpoint import is_run_directory
 from ..errors import UsageError
-from ..train.checkpoint import CHECKPOINT, CONFIG, SHARDED, save_json, save_vocabulary
+from ..train.checkpoint import (CHECKPOINT, CONFIG, SHARDED, CheckpointError, check_same_vocabulary, run_vocabulary,
+                                save_json, save_vocabulary)
 from .run import DataRequest, RunConfig, build_model, check_validation, fused_optimizer_name, jsonable, report_run
 
 
@@ -154,6 +155,14 @@ def _train(args: argparse.Namespace, request: DataRequest, rank: int, world: int
     torch.manual_seed(config.seed)  # the same dense initialisation on every rank (DDP also broadcasts rank 0's)
     started = time.perf_counter()
     splits = request.load()
+    if args.resume_sharded is not None and is_run_directory(args.resume_sharded):
+        saved = run_vocabulary(args.resume_sharded)
+        if saved is None:
+            request.check_unsaved_encoding(splits, args.resume_sharded)
+        try:
+            check_same_vocabulary(saved, splits.vocabulary)
+        except CheckpointError as err:
+            raise UsageError(f"--resume-sharded {args.resume_sharded}: {err}") from None
     train, valid, test = splits.train, splits.valid, splits.test
     check_validation(config, valid, train.task_names)
     model = build_model(config, train, args.device, sharded=True, training=True)

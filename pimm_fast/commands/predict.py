@@ -190,7 +190,10 @@ def _predict_exported(args: argparse.Namespace):
     fn = _load_package(args.model)
     meta = getattr(fn, "metadata", {})
     # encoded with the package's vocabulary where it has one (columns matched by name, training codes)
-    splits = DataRequest.parse(args.data, 300_000, 0).load(vocabulary=getattr(fn, "vocabulary", None))
+    request = DataRequest.parse(args.data, 300_000, 0)
+    splits = request.load(vocabulary=getattr(fn, "vocabulary", None))
+    if getattr(fn, "vocabulary", None) is None:
+        request.check_unsaved_encoding(splits, args.model)
     test = splits.test
     if list(meta.get("field_dims", test.model_field_dims)) != list(test.model_field_dims) or \
             int(meta.get("num_bag_fields", 0)) != len(test.bag_names):

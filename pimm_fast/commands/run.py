@@ -165,6 +165,35 @@ class DataRequest:
         return splits
 
 
+    def integer_id_fields(self, vocabulary) -> set:
+        """The fields whose ids are integers in these data (every field of raw Ali-CCP, the integer-typed
+        columns of Parquet files): the ones a run saved without its vocabulary numbered in numeric order."""
+        if self.kind == "aliccp-raw":
+            return set(vocabulary.field_names)
+        if self.kind != "csv":
+            return set()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..data.spec import _sources
+
+        names = set()
+        for path in _sources(self.kind, self.arg, self.options):
+            if path.suffix.lower() in (".parquet", ".pq"):
+                names |= {f.name for f in pq.read_schema(path) if pa.types.is_integer(f.type)}
+        return names & set(vocabulary.field_names)
+
+    def check_unsaved_encoding(self, splits, source) -> None:
+        """``source`` (a run or package) holds no vocabulary, so ``splits`` were numbered from the data by this
+        pimm_fast: refuse when that numbering is not the one ``source`` was trained with."""
+        rebuilt = splits.vocabulary
+        why = None if rebuilt is None else rebuilt.change_from_unsaved(self.integer_id_fields(rebuilt))
+        if why is not None:
+            raise UsageError(f"{source} was saved without its vocabulary (before pimm_fast kept one), and the data "
+                             f"{self.spec} are numbered otherwise now ({why}): its embeddings would be read with other "
+                             f"ids' codes; retrain it (runs save their vocabulary now)")
+
+
 def load_data(spec: str, samples: int, seed: int, quiet: bool = False):
     """The splits of a data spec (:meth:`DataRequest.load`)."""
     return DataRequest.parse(spec, samples, seed).load(quiet=quiet)
@@ -429,7 +458,10 @@ def load_run_model(directory: Path, spec: Optional[str], device: str):
     given, so codes mean what they meant in training and columns are matched by name)."""
     run = open_run(Path(directory))
     config = run.config
-    splits = DataRequest.parse(spec or config.data, config.samples, config.seed).load(vocabulary=run.vocabulary)
+    request = DataRequest.parse(spec or config.data, config.samples, config.seed)
+    splits = request.load(vocabulary=run.vocabulary)
+    if run.vocabulary is None:
+        request.check_unsaved_encoding(splits, run.path)
     model = run_model(run, splits.test, device, spec)
     return model, config, run.path, splits.test, splits
 

@@ -159,6 +159,8 @@ def train(args: argparse.Namespace, request: Optional[DataRequest]) -> int:
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     splits = request.load()
+    if payload is not None and ckpt.run_vocabulary(out, payload) is None:
+        request.check_unsaved_encoding(splits, out)
     train, valid, test = splits.train, splits.valid, splits.test
     check_validation(config, valid, train.task_names)
     model = build(config, train, device, training=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +57,11 @@ def unescape(text: bytes, where: str = "") -> bytes:
             raise DataFormatError(f"{where}: bad escape {m.group()!r} (known: \\\\ \\t \\n \\r \\0)")
         return out
     return _ESCAPED.sub(one, text) if b"\\" in text else text
+
+
+def _show(key: bytes) -> str:
+    """A key for a message: its text, or <digest> for a long cell's stand-in."""
+    return "<digest of a long cell>" if key.startswith(b"\x00") else repr(key.decode("utf-8", "replace"))
 
 
 def _row_where(row: int) -> str:
@@ -194,6 +199,46 @@ class Vocabulary:
                 f"({', '.join(f'{f.name}:{f.kind}:{f.size}' for f in self.fields[:6])}"
                 f"{', ...' if len(self.fields) > 6 else ''}), dense={len(self.dense_names)}, "
                 f"tasks={list(self.task_names)})")
+
+    def difference(self, other: "Vocabulary") -> Optional[str]:
+        """The first difference from ``other`` in words (fields, their kinds, sizes and keys, dense, label and
+        task names), or None when the two encode alike."""
+        if self == other:
+            return None
+        for what in ("field_names", "dense_names", "label_names", "task_names"):
+            mine, theirs = getattr(self, what), getattr(other, what)
+            if mine != theirs:
+                return f"{what.replace('_', ' ')} {list(mine)} against {list(theirs)}"
+        for a, b in zip(self.fields, other.fields):
+            if (a.kind, a.size, a.bag, a.min_count) != (b.kind, b.size, b.bag, b.min_count):
+                return (f"field {a.name!r}: {a.kind} of size {a.size} (min_count {a.min_count}) against {b.kind} of "
+                        f"size {b.size} (min_count {b.min_count})")
+            if a.keys is not None and not np.array_equal(a.keys, b.keys):
+                i = int(np.flatnonzero(a.keys != b.keys)[0])
+                return (f"field {a.name!r}: code {i + 1} is {_show(a.keys[i])} against {_show(b.keys[i])} (same "
+                        f"size, other values)")
+        return f"source {self.source!r} against {other.source!r}"
+
+    def change_from_unsaved(self, integer_fields: Collection[str] = ()) -> Optional[str]:
+        """Why a run saved before vocabularies were (its checkpoint or package holds none) numbered these data
+        otherwise than this vocabulary does, or None when its codes are these. ``integer_fields``: the fields
+        whose ids were integers in the data (raw Ali-CCP, Parquet integer columns), numbered in numeric order
+        then; cells over 64 bytes were digested with BLAKE2b then (FNV-1a now, sorted first)."""
+        for f in self.fields:
+            if f.keys is None or not len(f.keys):
+                continue
+            if f.keys[0].startswith(b"\x00"):
+                return (f"field {f.name!r} has cells over {MAX_TOKEN_BYTES} bytes, which were digested otherwise "
+                        f"then")
+            if f.name in integer_fields:
+                try:
+                    numbers = [int(k) for k in f.keys.tolist()]
+                except ValueError:
+                    continue
+                if any(b < a for a, b in zip(numbers, numbers[1:])):
+                    return (f"field {f.name!r}: its integer ids were numbered in numeric order then, in the order of "
+                            f"their decimal text now")
+        return None
 
     # -- encoding ------------------------------------------------------------------------------------------------
     def encode_column(self, j: int, tokens: np.ndarray, where: Optional[Callable[[int], str]] = None,

@@ -98,6 +98,21 @@ def save_vocabulary(directory: Path, vocabulary) -> None:
     atomic_write(Path(directory) / VOCABULARY, lambda f: f.write(data))
 
 
+def check_same_vocabulary(saved: Optional[bytes], current) -> None:
+    """A resumed run must number its data as the run it continues did (``saved``: that run's vocabulary bytes,
+    ``current``: this run's, bytes or a Vocabulary; None skips the check): the same rows with other values
+    (an edited file) pass the row-count and order checks, and would train embeddings under other ids' codes."""
+    if saved is None or current is None:
+        return
+    from ..data.vocab import Vocabulary
+
+    now = current if isinstance(current, Vocabulary) else Vocabulary.from_bytes(current)
+    if now.to_bytes() != saved:
+        why = now.difference(Vocabulary.from_bytes(saved))
+        raise CheckpointError(f"the data are numbered otherwise than when the checkpoint was taken ({why}; these "
+                              f"data first, the checkpoint's second): they changed since; resume over the same data")
+
+
 def run_vocabulary(directory: Path, payload: Optional[dict] = None) -> Optional[bytes]:
     """The vocabulary of a run: the checkpoint's own (``payload``), else ``DIR/vocabulary.txt``, else None (a
     run trained before vocabularies were saved)."""

@@ -304,6 +304,7 @@ class Trainer:
                     f"the checkpoint was taken over {order['samples']} training rows in batches of "
                     f"{order['batch_size']} (seed {order['seed']}); this run has {len(self.train)} rows, batches of "
                     f"{self.config.batch_size}, seed {self.config.seed}")
+            ckpt.check_same_vocabulary(payload.get("vocabulary"), self.vocabulary)
             if not state["finished"] and order["order_sha256"] != self._order_digest(state["epoch"]):
                 raise ckpt.CheckpointError("the data order of this run differs from the checkpoint's "
                                            "(another data split or batcher)")
