@@ -473,15 +473,13 @@ def _read_vocabulary(path: Path, meta: dict):
 
 def _token(value: Any) -> bytes:
     """A raw cell as the bytes the vocabulary looks up (the Parquet rules of pimm_fast.data.vocab)."""
+    from .data.vocab import value_text
+
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
         return value.encode("utf-8")
-    if value is None or (isinstance(value, float) and value != value):
-        return b""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(int(value)).encode()
-    return str(value).encode("utf-8")
+    return value_text(value).encode("utf-8")  # None / NaN missing, 205.0 the id 205
 
 
 def _raw_tokens(values: Any, name: str):
@@ -508,9 +506,11 @@ def _bag_tokens(values: Any, name: str):
     (canonical tokens of all rows, int64 offsets [N + 1])."""
     import numpy as np
 
+    from .data.vocab import is_missing
+
     flat, offsets = [], [0]
     for cell in values:
-        if cell is None or (isinstance(cell, float) and cell != cell):
+        if is_missing(cell):
             parts = []
         elif isinstance(cell, (str, bytes)):
             raw = _token(cell)

@@ -210,6 +210,19 @@ def test_score_columns_matches_the_eager_model(census, loaded):
              "hours": col["hours"], "tags": [cell.split("|") if cell else [] for cell in col["tags"]]}
     again, unseen_again = loaded.score_columns(other, batch_size=7)
     assert torch.equal(again, probs) and unseen_again == unseen
+    # the identity field as pandas gives an integer column with a missing cell: floats, NaN for the empty cell
+    floats = {**other, "hour": np.array([float(v) if v else np.nan for v in col["hour"]])}
+    assert torch.equal(loaded.score_columns(floats, batch_size=7)[0], probs)
+
+
+def test_score_columns_takes_a_pandas_data_frame(census, loaded):
+    """The scoring CSV read by pandas (NaN for empty cells, an int64 column) and with pandas' nullable types
+    (pd.NA in string, Int64 and Float64 columns) scores as the raw text does."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_csv(census["csv"], keep_default_na=True)
+    for df in (frame, frame.convert_dtypes()):
+        probs, unseen = loaded.score_columns(df, batch_size=16)
+        assert (probs - census["expected"]).abs().max().item() <= 1e-6 and unseen == census["unseen"]
 
 
 def test_score_columns_errors(census, loaded):

@@ -87,6 +87,12 @@ def test_parquet_any_column_order_keys_keep_their_type(tmp_path):
     ints = tmp_path / "ints.parquet"  # integer ids are their decimal text: -5 is a training token
     pq.write_table(pa.table({"user": pa.array([-5, 7], pa.int64()), "hour": [0, 1], "price": [0.0, 0.0]}), ints)
     assert read_for_scoring(ints, vocab()).x[:, 0].tolist() == [1, 0]
+    # float columns (pandas writes an integer column with a missing cell as float64): 205.0 is the id 205, NaN
+    # the empty cell, as in a CSV
+    floats = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"user": [-5.0, float("nan"), 7.5], "hour": [0.0, 23.0, 4.0], "price": [0.0] * 3}), floats)
+    t = read_for_scoring(floats, vocab())
+    assert t.x.tolist() == [[1, 0], [0, 23], [0, 4]] and t.unseen == {"user": 2, "hour": 0}
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"user": ["u1"], "hour": [24], "price": [0.0]}), bad)
     with pytest.raises(DataFormatError, match=r"bad\.parquet, row 1: field 'hour' = 24 is outside"):
@@ -127,3 +133,20 @@ def test_bag_fields_are_refused(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n")
     with pytest.raises(DataFormatError, match=r"multi-valued fields \['b'\].*not a table format"):
         read_for_scoring(tmp_path / "t.csv", v)
+
+
+def test_float_ids_train_as_the_integers_they_hold(tmp_path):
+    """A Parquet id column of floats with missing cells trains the vocabulary of its CSV twin: keys are
+    the integers' text and NaN is the missing cell (code 0), not a key "nan"."""
+    rows = 60
+    ids = [float(i % 12) if i % 7 else float("nan") for i in range(rows)]
+    labels = {"click": [i % 2 for i in range(rows)], "buy": [0] * rows}
+    pq.write_table(pa.table({**labels, "item": ids}), tmp_path / "f.parquet")
+    with open(tmp_path / "f.csv", "w") as f:
+        f.write("click,buy,item\n" + "".join(f"{c},{b},{'' if v != v else int(v)}\n"
+                                            for c, b, v in zip(labels["click"], labels["buy"], ids)))
+    spec = "?labels=click,buy&cache=none"
+    from_parquet = load(f"csv:{tmp_path / 'f.parquet'}{spec}").vocabulary
+    from_csv = load(f"csv:{tmp_path / 'f.csv'}{spec}").vocabulary
+    assert from_parquet.fields[0].keys.tolist() == from_csv.fields[0].keys.tolist()
+    assert b"nan" not in from_parquet.fields[0].keys.tolist() and b"3" in from_parquet.fields[0].keys.tolist()

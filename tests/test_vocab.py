@@ -171,5 +171,14 @@ def test_change_from_unsaved_numbering():
     assert same.change_from_unsaved({"101"}) is None  # one digit: numeric and text order agree
     words = Vocabulary([FieldVocab("city", "encoded", 3, keys=np.array([b"lagos", b"paris"]))])
     assert words.change_from_unsaved({"city"}) is None
+    assert ids.change_from_unsaved(float_fields={"101"}) == "field '101': its float ids were written '205.0' then, '205' now"
+    assert words.change_from_unsaved(float_fields={"city"}) is None
     long = Vocabulary([FieldVocab("url", "encoded", 3, keys=np.array(sorted([fnv_digest(b"x" * 80), b"a"])))])
     assert f"cells over {MAX_TOKEN_BYTES} bytes" in long.change_from_unsaved()
+
+
+def test_value_text_of_typed_cells():
+    from pimm_fast.data.vocab import value_text
+
+    assert [value_text(v) for v in (None, float("nan"), 205.0, -3.0, 7.5, 12, "u1", True, 1e20)] == \
+        ["", "", "205", "-3", "7.5", "12", "u1", "True", "100000000000000000000"]

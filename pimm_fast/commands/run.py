@@ -165,29 +165,35 @@ class DataRequest:
         return splits
 
 
-    def integer_id_fields(self, vocabulary) -> set:
-        """The fields whose ids are integers in these data (every field of raw Ali-CCP, the integer-typed
-        columns of Parquet files): the ones a run saved without its vocabulary numbered in numeric order."""
+    def typed_id_fields(self, vocabulary) -> tuple[set, set]:
+        """(integer, float) fields: whose ids are integers in these data (every field of raw Ali-CCP, the
+        integer columns of Parquet files) or floats (Parquet float columns), which a run saved without its
+        vocabulary numbered otherwise (:meth:`pimm_fast.data.Vocabulary.change_from_unsaved`)."""
         if self.kind == "aliccp-raw":
-            return set(vocabulary.field_names)
+            return set(vocabulary.field_names), set()
         if self.kind != "csv":
-            return set()
+            return set(), set()
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from ..data.spec import _sources
 
-        names = set()
+        integer, floating = set(), set()
         for path in _sources(self.kind, self.arg, self.options):
             if path.suffix.lower() in (".parquet", ".pq"):
-                names |= {f.name for f in pq.read_schema(path) if pa.types.is_integer(f.type)}
-        return names & set(vocabulary.field_names)
+                for f in pq.read_schema(path):
+                    if pa.types.is_integer(f.type):
+                        integer.add(f.name)
+                    elif pa.types.is_floating(f.type):
+                        floating.add(f.name)
+        names = set(vocabulary.field_names)
+        return integer & names, floating & names
 
     def check_unsaved_encoding(self, splits, source) -> None:
         """``source`` (a run or package) holds no vocabulary, so ``splits`` were numbered from the data by this
         pimm_fast: refuse when that numbering is not the one ``source`` was trained with."""
         rebuilt = splits.vocabulary
-        why = None if rebuilt is None else rebuilt.change_from_unsaved(self.integer_id_fields(rebuilt))
+        why = None if rebuilt is None else rebuilt.change_from_unsaved(*self.typed_id_fields(rebuilt))
         if why is not None:
             raise UsageError(f"{source} was saved without its vocabulary (before pimm_fast kept one), and the data "
                              f"{self.spec} are numbered otherwise now ({why}): its embeddings would be read with other "

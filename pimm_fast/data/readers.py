@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ._bytes import ChunkError, DataFormatError, iter_chunks, line_of, parse_uint, token_text
-from .vocab import fnv_digest
+from .vocab import fnv_digest, value_text
 
 @dataclass
 class Table:
@@ -531,7 +531,8 @@ def _parquet_row(row: int) -> str:
 
 def parquet_tokens(column, path: Path, name: str) -> np.ndarray:
     """Canonical id tokens (``S``) of a Parquet column: integers as their decimal text, strings as UTF-8
-    (one holding a NUL is an error), null as b"" (missing), other values as ``str(value)``."""
+    (one holding a NUL is an error), null as b"" (missing), other values by :func:`.vocab.value_text` (NaN is
+    missing, 205.0 is the id 205)."""
     import pyarrow as pa
     if pa.types.is_integer(column.type):
         ints = column.fill_null(0).to_numpy(zero_copy_only=False)
@@ -542,7 +543,7 @@ def parquet_tokens(column, path: Path, name: str) -> np.ndarray:
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
         values = [b"" if v is None else v for v in column.to_pylist()]
         return _as_fixed([v.decode("utf-8", "surrogateescape") for v in values], "digest", path, _parquet_row, name)
-    return _as_fixed(["" if v is None else str(v) for v in column.to_pylist()], "digest", path, _parquet_row, name)
+    return _as_fixed([value_text(v) for v in column.to_pylist()], "digest", path, _parquet_row, name)
 
 
 def parquet_dense_tokens(column, path: Path, name: str) -> np.ndarray:

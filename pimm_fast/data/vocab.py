@@ -46,6 +46,26 @@ def canonical_token(raw: bytes) -> bytes:
     return raw if len(raw) <= MAX_TOKEN_BYTES else fnv_digest(raw)
 
 
+_MISSING_TYPES = ("NAType", "NaTType")  # pandas.NA, pandas.NaT (named, so that pandas is not imported)
+
+
+def is_missing(value) -> bool:
+    """None, a float NaN, pandas.NA or pandas.NaT: a missing cell."""
+    return value is None or (isinstance(value, float) and value != value) or type(value).__name__ in _MISSING_TYPES
+
+
+def value_text(value) -> str:
+    """The id a typed cell (Parquet, pandas, Python) holds, as text: None, NaN, pandas.NA and NaT are the
+    empty (missing) cell;
+    a float with an integral value is that integer (pandas turns an integer column with a missing cell into
+    floats: 205.0 is the id 205, as the CSV cell "205" is); anything else is ``str(value)``."""
+    if is_missing(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def escape(raw: bytes) -> bytes:
     return _SPECIAL.sub(lambda m: _ESCAPE[m.group()], raw)
 
@@ -219,17 +239,21 @@ class Vocabulary:
                         f"size, other values)")
         return f"source {self.source!r} against {other.source!r}"
 
-    def change_from_unsaved(self, integer_fields: Collection[str] = ()) -> Optional[str]:
+    def change_from_unsaved(self, integer_fields: Collection[str] = (),
+                            float_fields: Collection[str] = ()) -> Optional[str]:
         """Why a run saved before vocabularies were (its checkpoint or package holds none) numbered these data
         otherwise than this vocabulary does, or None when its codes are these. ``integer_fields``: the fields
         whose ids were integers in the data (raw Ali-CCP, Parquet integer columns), numbered in numeric order
-        then; cells over 64 bytes were digested with BLAKE2b then (FNV-1a now, sorted first)."""
+        then; ``float_fields``: Parquet float columns, whose integral values were the text "205.0" then
+        ("205" now, :func:`value_text`); cells over 64 bytes were digested with BLAKE2b then (FNV-1a now)."""
         for f in self.fields:
             if f.keys is None or not len(f.keys):
                 continue
             if f.keys[0].startswith(b"\x00"):
                 return (f"field {f.name!r} has cells over {MAX_TOKEN_BYTES} bytes, which were digested otherwise "
                         f"then")
+            if f.name in float_fields and any(k.lstrip(b"-").isdigit() for k in f.keys.tolist()):
+                return f"field {f.name!r}: its float ids were written '205.0' then, '205' now"
             if f.name in integer_fields:
                 try:
                     numbers = [int(k) for k in f.keys.tolist()]
