@@ -543,6 +543,8 @@ def parquet_tokens(column, path: Path, name: str) -> np.ndarray:
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
         values = [b"" if v is None else v for v in column.to_pylist()]
         return _as_fixed([v.decode("utf-8", "surrogateescape") for v in values], "digest", path, _parquet_row, name)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return _as_fixed(["" if v is None else v for v in column.to_pylist()], "digest", path, _parquet_row, name)
     return _as_fixed([value_text(v) for v in column.to_pylist()], "digest", path, _parquet_row, name)
 
 
