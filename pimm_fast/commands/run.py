@@ -164,7 +164,6 @@ class DataRequest:
         splits.train.meta["report"] = splits.report
         return splits
 
-
     def typed_id_fields(self, vocabulary) -> tuple[set, set]:
         """(integer, float) fields: whose ids are integers in these data (every field of raw Ali-CCP, the
         integer columns of Parquet files) or floats (Parquet float columns), which a run saved without its

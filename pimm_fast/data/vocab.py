@@ -56,9 +56,8 @@ def is_missing(value) -> bool:
 
 def value_text(value) -> str:
     """The id a typed cell (Parquet, pandas, Python) holds, as text: None, NaN, pandas.NA and NaT are the
-    empty (missing) cell;
-    a float with an integral value is that integer (pandas turns an integer column with a missing cell into
-    floats: 205.0 is the id 205, as the CSV cell "205" is); anything else is ``str(value)``."""
+    empty (missing) cell; a float with an integral value is that integer (pandas turns an integer column with
+    a missing cell into floats: 205.0 is the id 205, as the CSV cell "205" is); anything else ``str(value)``."""
     if is_missing(value):
         return ""
     if isinstance(value, float) and value.is_integer():
