@@ -150,3 +150,37 @@ def test_float_ids_train_as_the_integers_they_hold(tmp_path):
     from_csv = load(f"csv:{tmp_path / 'f.csv'}{spec}").vocabulary
     assert from_parquet.fields[0].keys.tolist() == from_csv.fields[0].keys.tolist()
     assert b"nan" not in from_parquet.fields[0].keys.tolist() and b"3" in from_parquet.fields[0].keys.tolist()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("gzip", r"is gzip-compressed: decompress it first"),
+    ("bz2", r"is bzip2-compressed"),
+    ("zip", r"is a zip archive"),
+    ("parquet", r"is a Parquet file: name it FILE\.parquet"),
+    ("utf16", r"line 1: holds a NUL byte: this is not a CSV text file .*UTF-16"),
+])
+def test_files_that_are_not_csv_text_are_named(tmp_path, kind, message):
+    """A compressed, archived, Parquet or UTF-16 file under a .csv name is refused by what it is, in scoring
+    and in training alike (before: a csv module traceback, or a header of garbage)."""
+    import bz2
+    import gzip
+    import zipfile
+
+    text = "click,buy,user,hour,price\n1,0,u1,3,0.5\n0,0,u2,4,1.5\n" * 20
+    path = tmp_path / "data.csv"
+    if kind == "gzip":
+        path.write_bytes(gzip.compress(text.encode()))
+    elif kind == "bz2":
+        path.write_bytes(bz2.compress(text.encode()))
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("data.csv", text)
+    elif kind == "parquet":
+        pq.write_table(pa.table({"click": [1, 0], "buy": [0, 0], "user": ["u1", "u2"], "hour": [3, 4],
+                                 "price": [0.5, 1.5]}), path)
+    else:
+        path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(DataFormatError, match=message):
+        read_for_scoring(path, vocab())
+    with pytest.raises(DataFormatError, match=message):
+        load(f"csv:{path}?labels=click,buy&cache=none")

@@ -118,21 +118,41 @@ def select_columns(header: Optional[list], ncols: int, path: Path, labels: Seque
     return label_idx, feature_idx, dense_idx, ignored
 
 
+# the first bytes of files that are not CSV text, with what they are
+BINARY_SIGNATURES = ((b"\x1f\x8b", "gzip-compressed: decompress it first (gunzip -k FILE)"),
+                     (b"BZh", "bzip2-compressed: decompress it first (bunzip2 -k FILE)"),
+                     (b"\xfd7zXZ\x00", "xz-compressed: decompress it first (unxz -k FILE)"),
+                     (b"\x28\xb5\x2f\xfd", "zstd-compressed: decompress it first (unzstd FILE)"),
+                     (b"PK\x03\x04", "a zip archive: extract the CSV from it first"),
+                     (b"PAR1", "a Parquet file: name it FILE.parquet (or .pq) so that it is read as Parquet"))
+
+
 def read_first_line(path: Path) -> tuple[bytes, int]:
-    """(first line without a UTF-8 BOM, length of the BOM); bounded by the cell-size limit."""
+    """(first line without a UTF-8 BOM, length of the BOM); bounded by the cell-size limit. A compressed,
+    archived or Parquet file, or one whose first line holds a NUL byte, is refused: it is not CSV text."""
     with open(path, "rb") as f:
         line = f.readline(64 * MAX_CELL_BYTES + 1)
     if not line:
         raise DataFormatError(f"{path}: the file is empty")
+    for magic, what in BINARY_SIGNATURES:
+        if line.startswith(magic):
+            raise DataFormatError(f"{path} is {what}; pimm_fast reads plain CSV text or Parquet")
+    if b"\x00" in line:
+        raise DataFormatError(f"{path}, line 1: holds a NUL byte: this is not a CSV text file (binary data, or "
+                              f"UTF-16 text: save it as UTF-8)")
     if len(line) > 64 * MAX_CELL_BYTES:
         raise DataFormatError(f"{path}, line 1: longer than {64 * MAX_CELL_BYTES >> 20} MiB")
     bom = len(_BOM) if line.startswith(_BOM) else 0
     return line[bom:], bom
 
 
-def split_line(line: bytes) -> list[str]:
+def split_line(line: bytes, path: Optional[Path] = None) -> list[str]:
+    """The cells of one CSV line (the header), quotes resolved."""
     text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-    return next(_csv.reader([text]))
+    try:
+        return next(_csv.reader([text]))
+    except _csv.Error as err:  # a bare carriage return inside the line, say
+        raise DataFormatError(f"{path or 'CSV'}, line 1: {err}") from None
 
 
 def _parse_labels(tokens: np.ndarray, where: Callable[[int], str], path: Path, name: str) -> np.ndarray:
@@ -388,7 +408,7 @@ def read_csv(path: Path, labels: Sequence, features: Optional[Sequence] = (), fe
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
     line, bom = read_first_line(path)
-    first = split_line(line)
+    first = split_line(line, path)
     ncols = len(first)
     if header == "auto":
         stripped = [t.strip() for t in first]
@@ -567,7 +587,7 @@ def column_names(path: Path) -> list[str]:
             raise DataFormatError(f"{path}: not a readable Parquet file ({err})") from None
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
-    return [t.strip() for t in split_line(read_first_line(path)[0])]
+    return [t.strip() for t in split_line(read_first_line(path)[0], path)]
 
 
 def read_any(path: Path, labels, features, feature_kind="int", extra="ignore", header="auto",

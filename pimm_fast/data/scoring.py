@@ -108,7 +108,7 @@ def _finish(path, vocabulary, feats, dense, labels, keys, where) -> ScoringTable
 def _read_csv(path: Path, vocabulary: Vocabulary, keep_columns, chunk_bytes: int,
               require_labels: bool) -> ScoringTable:
     line, bom = read_first_line(path)
-    first = [t.strip() for t in split_line(line)]
+    first = [t.strip() for t in split_line(line, path)]
     ncols = len(first)
     model = [f.name for f in vocabulary.single_fields] + list(vocabulary.dense_names)
     by_index = vocabulary.source == "csv" and all(n.isdigit() for n in model)

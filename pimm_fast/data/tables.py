@@ -228,7 +228,7 @@ def rechub_dense_columns(path: Path, dense: Optional[Sequence[str]]) -> list[str
     """The dense columns to read from a torch-rechub file: ``None`` (default) every column named ``D*``
     (torch-rechub writes the 8 of RECHUB_DENSE), ``['none']`` none, else the names / globs given."""
     if dense is None:
-        header = [t.strip() for t in split_line(read_first_line(path)[0])]
+        header = [t.strip() for t in split_line(read_first_line(path)[0], path)]
         return [name for name in header if fnmatch.fnmatchcase(name, RECHUB_DENSE_GLOB)]
     if [str(d).strip().lower() for d in dense] == ["none"]:
         return []
