@@ -61,6 +61,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -540,8 +541,32 @@ struct RawOptions {
   int bench_rounds = 0;
 };
 
+// Files that are not CSV text, refused by what they are (as the Python reader does): compressed, archived or
+// Parquet data under a CSV name, or a first line holding a NUL byte (UTF-16 text, binary data).
+void check_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open the file");
+  std::string line;
+  std::getline(in, line);
+  const std::pair<std::string, const char*> kinds[] = {
+      {std::string("\x1f\x8b", 2), "gzip-compressed: decompress it first (gunzip -k FILE)"},
+      {"BZh", "bzip2-compressed: decompress it first (bunzip2 -k FILE)"},
+      {std::string("\xfd" "7zXZ\0", 6), "xz-compressed: decompress it first (unxz -k FILE)"},
+      {std::string("\x28\xb5\x2f\xfd", 4), "zstd-compressed: decompress it first (unzstd FILE)"},
+      {std::string("PK\x03\x04", 4), "a zip archive: extract the CSV from it first"},
+      {"PAR1", "a Parquet file: score it from Python (pimm-fast predict --model)"}};
+  for (const auto& [magic, what] : kinds) {
+    if (line.compare(0, magic.size(), magic) == 0) throw std::runtime_error(path + " is " + what + "; this reads CSV text");
+  }
+  if (line.find('\0') != std::string::npos) {
+    throw std::runtime_error(path + ":1: holds a NUL byte: not a CSV text file (binary data, or UTF-16 text: save it "
+                             "as UTF-8)");
+  }
+}
+
 int run_raw(Package& p, const std::string& model_path, const std::string& csv_path, const RawOptions& opt) {
   const Vocabulary vocab = read_vocabulary(p, model_path);
+  check_text_file(csv_path);
   CsvReader csv(csv_path);
   std::vector<std::string> header, cells;
   if (!csv.next(header)) throw std::runtime_error(csv_path + ": the file is empty (a header line is needed)");

@@ -332,6 +332,18 @@ def test_cpp_errors_name_the_problem(census, score_csv, tmp_path, edit, match):
     assert "score_csv: error:" in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("kind", ["gzip", "utf16"])
+def test_cpp_refuses_files_that_are_not_csv_text(census, score_csv, tmp_path, kind):
+    import gzip
+
+    text = census["csv"].read_bytes()
+    bad = tmp_path / "score.csv"
+    bad.write_bytes(gzip.compress(text) if kind == "gzip" else text.decode().encode("utf-16"))
+    result = run_score_csv(score_csv, census["package"], bad)
+    match = "is gzip-compressed: decompress it first" if kind == "gzip" else ":1: holds a NUL byte"
+    assert result.returncode == 1 and match in result.stderr and result.stdout == "", result.stderr[-2000:]
+
+
 def test_cpp_refuses_a_package_without_vocabulary_and_bad_options(census, score_csv, tmp_path):
     result = run_score_csv(score_csv, census["bare"], census["csv"])
     assert result.returncode == 1 and "the package has no vocabulary" in result.stderr and "--ids" in result.stderr
