@@ -318,14 +318,16 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(sub) -> None:
-    e = sub.add_parser("evaluate", help="metrics of a trained run on every row of a labelled file (or on a data "
-                                        "spec's test split)")
-    e.add_argument("--checkpoint", type=Path, required=True,
+    e = sub.add_parser("evaluate", help="metrics of a trained run or exported model on every row of a labelled "
+                                        "file (or on a data spec's test split)")
+    e.add_argument("--checkpoint", type=Path, default=None,
                    help="run directory (best.pt, else checkpoint.pt) or a .pt file")
+    e.add_argument("--model", type=Path, default=None,
+                   help="an exported model (FILE.pt2, pimm-fast export) instead of a run; needs --data")
     e.add_argument("--data", default=None,
                    help="a labelled CSV or Parquet file (FILE or csv:FILE): every row, raw values encoded with the "
-                        "run's vocabulary, rows breaking the cascade treated by the run's cascade policy; or a data "
-                        "spec: its test split (default: the run's own data)")
+                        "model's vocabulary, rows breaking the cascade treated by the run's cascade policy ('drop' "
+                        "for --model); or a data spec: its test split (default: the run's own data)")
     e.add_argument("--output", type=Path, default=None, help="also write the metrics as JSON here")
     e.add_argument("--device", default=DEVICE)
     e.add_argument("--threads", type=_positive_int, default=None)

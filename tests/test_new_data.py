@@ -256,6 +256,38 @@ def test_checkpoint_package_and_cpp_agree_on_a_new_file(package, tmp_path, tmp_p
     np.testing.assert_allclose(np.array([table["p_click"], table["p_buy"]]).T, want, rtol=0, atol=1e-6)
 
 
+def test_evaluate_an_exported_package(run, package, tmp_path, capsys):
+    """evaluate --model FILE.pt2: every row of a labelled file, or a spec's test split, scored by the package
+    (its vocabulary, the default cascade policy 'drop'): the run's metrics on the same rows."""
+    import json
+
+    root, out = run
+    pt2, _, _ = package
+    new = tmp_path / "week2.csv"
+    write_labelled(new)
+    results = {}
+    for source in ("--checkpoint", "--model"):
+        for data in (str(new), f"csv:{root / 'a.csv'}?labels=click,buy&dense=price"):
+            report = tmp_path / f"{source[2:]}-{len(results)}.json"
+            argv = ["evaluate", source, str(out if source == "--checkpoint" else pt2), "--data", data,
+                    "--output", str(report)]
+            assert main(argv) == 0, capsys.readouterr().err
+            results[source, data == str(new)] = json.loads(report.read_text())
+    printed = capsys.readouterr().out
+    assert "3 dropped: labels break the cascade (a package's default cascade policy 'drop')" in printed
+    for whole_file in (True, False):
+        run_metrics, package_metrics = results["--checkpoint", whole_file], results["--model", whole_file]
+        assert package_metrics["model"] == str(pt2) and "checkpoint" not in package_metrics
+        assert package_metrics["test"]["samples"] == run_metrics["test"]["samples"] == (397 if whole_file else 600)
+        for key in ("auc", "logloss", "positives"):
+            assert package_metrics["test"][key] == pytest.approx(run_metrics["test"][key], abs=1e-5)
+    for argv, message in ((["evaluate", "--model", str(pt2)], "needs --data"),
+                          (["evaluate", "--model", str(pt2), "--checkpoint", str(out), "--data", str(new)],
+                           "give exactly one of --checkpoint")):
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_a_renamed_column_is_refused_by_the_package_and_cpp(package, tmp_path, tmp_path_factory, capsys):
 
     pt2, _, _ = package

@@ -21,35 +21,62 @@ OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     check_output_path(args.output)
+    if (args.checkpoint is None) == (args.model is None):
+        raise UsageError("give exactly one of --checkpoint DIR (a run directory) and --model FILE.pt2 (an exported "
+                         "model)")
     if args.threads:
         torch.set_num_threads(args.threads)
     path = scoring_file(args.data)
     if path is not None:
         return _evaluate_file(args, path)
-    model, config, path, test, _ = load_run_model(args.checkpoint, args.data, args.device)
-    result = evaluate(model, test)
-    print(f"{type(model).__name__} from {path} on the test split of {args.data or config.data} "
-          f"({len(test):,} rows)\n" + format_table(result))
-    _write_evaluation(args.output, path, args.data or config.data, result)
+    if args.model is not None:
+        probs, test, _, task_names = _predict_exported(args)  # (it needs --data)
+        check_finite(probs)
+        result = cascade_metrics(probs, test.y, task_names, oracle=test.probs)
+        name, source, data = "the package", args.model, args.data
+    else:
+        model, config, source, test, _ = load_run_model(args.checkpoint, args.data, args.device)
+        result = evaluate(model, test)
+        name, data = type(model).__name__, args.data or config.data
+    print(f"{name} from {source} on the test split of {data} ({len(test):,} rows)\n" + format_table(result))
+    _write_evaluation(args.output, source, data, result)
     return 0
 
 
 def _write_evaluation(output: Optional[str], path: Path, data: str, result: dict, **extra) -> None:
     if output is not None:
-        ckpt.save_json(Path(output), jsonable({"checkpoint": str(path), "data": data, **extra, "test": result}))
+        key = "model" if Path(path).suffix == ".pt2" else "checkpoint"
+        ckpt.save_json(Path(output), jsonable({key: str(path), "data": data, **extra, "test": result}))
 
 
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
-    """Metrics on every row of one labelled file (no split), raw values encoded with the run's vocabulary;
-    rows whose labels break the cascade are treated by the run's cascade policy (default 'drop'), counted."""
+    """Metrics on every row of one labelled file (no split), raw values encoded with the model's vocabulary
+    (the run's, or the package's); rows whose labels break the cascade are treated by the run's cascade
+    policy ('drop' for a package, which does not record it), counted."""
     from ..data import DataFormatError
     from ..data.cascade import apply_policy, check_labels
-    from .run import open_run
 
-    run = open_run(Path(args.checkpoint))
-    table = read_scoring_file(path, run.vocabulary, [], run.path, require_labels=True)
-    tasks = list(run.vocabulary.task_names)
-    policy = DataRequest.parse(run.config.data, run.config.samples, run.config.seed).options.get("policy", "drop")
+    if args.model is not None:
+        fn, source = _load_package(args.model), args.model
+        if getattr(fn, "num_bag_fields", 0):
+            raise UsageError(f"{args.model} has multi-valued fields: evaluate a data spec, not a file")
+        vocabulary, policy, name = fn.vocabulary, "drop", "the package"
+
+        def score(x, dense):
+            return score_batches(lambda ids, d: fn(ids, d) if d is not None else fn(ids), x, dense,
+                                 len(vocabulary.task_names))
+    else:
+        from .run import open_run
+
+        run = open_run(Path(args.checkpoint))
+        vocabulary, source = run.vocabulary, run.path
+        policy = DataRequest.parse(run.config.data, run.config.samples, run.config.seed).options.get("policy", "drop")
+        name = run.model_info.get("class") or run.config.model
+
+        def score(x, dense):
+            return run_scores(run, x, dense, args.device)[1]
+    table = read_scoring_file(path, vocabulary, [], source, require_labels=True)
+    tasks = list(vocabulary.task_names)
     stats: dict = {}
     try:
         check_labels(table.labels, tasks, str(path), where=table.where)
@@ -62,14 +89,15 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     if len(y) == 0:
         raise UsageError(f"{path}: no rows to evaluate ({table.rows:,} in the file, "
                          f"{stats.get('cascade_dropped', 0):,} dropped: labels break the cascade)")
-    model, probs = run_scores(run, x, dense, args.device)
+    probs = score(x, dense)
     check_finite(probs)
     result = cascade_metrics(probs, torch.from_numpy(y), tasks)
     dropped = stats.get("cascade_dropped", 0)
-    note = f"; {dropped:,} dropped: labels break the cascade (the run's cascade policy '{policy}')" if dropped else ""
+    whose = "a package's default" if args.model is not None else "the run's"
+    note = f"; {dropped:,} dropped: labels break the cascade ({whose} cascade policy '{policy}')" if dropped else ""
     print(f"{path}: {table.rows:,} rows{note}; {unseen_line(table)}")
-    print(f"{type(model).__name__} from {run.path} on every row of {path} ({len(y):,} rows)\n" + format_table(result))
-    _write_evaluation(args.output, run.path, args.data, result, rows=table.rows, cascade_dropped=dropped,
+    print(f"{name} from {source} on every row of {path} ({len(y):,} rows)\n" + format_table(result))
+    _write_evaluation(args.output, source, args.data, result, rows=table.rows, cascade_dropped=dropped,
                       policy=policy)
     return 0
 
