@@ -50,12 +50,19 @@ def strip_vocabulary(directory: Path) -> None:
 TRAIN = ["--labels", "click,buy", "--epochs", "1", "--tower-dims", "8", "--no-progress", "--threads", "1"]
 
 
-def test_resume_over_an_edited_file_is_refused(tmp_path, capsys):
+@pytest.fixture
+def interrupted_run(tmp_path):
+    """(data file, run directory) of a CSV run whose checkpoint --resume takes."""
     data = tmp_path / "a.csv"
     write_csv(data)
     run = tmp_path / "run"
     assert main(["train", "--data", f"csv:{data}", *TRAIN, "--out", str(run)]) == 0
     unfinish(run)
+    return data, run
+
+
+def test_resume_over_an_edited_file_is_refused(interrupted_run, capsys):
+    data, run = interrupted_run
     data.write_text(data.read_text().replace(",lima,", ",oslo,"))  # same rows, one value renamed
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
@@ -64,12 +71,8 @@ def test_resume_over_an_edited_file_is_refused(tmp_path, capsys):
            "against 'lima'" in err and "they changed since" in err
 
 
-def test_resume_over_the_same_file_is_taken(tmp_path, capsys):
-    data = tmp_path / "a.csv"
-    write_csv(data)
-    run = tmp_path / "run"
-    assert main(["train", "--data", f"csv:{data}", *TRAIN, "--out", str(run)]) == 0
-    unfinish(run)
+def test_resume_over_the_same_file_is_taken(interrupted_run, capsys):
+    _, run = interrupted_run
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "resumed" in capsys.readouterr().out
 

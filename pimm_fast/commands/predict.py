@@ -4,8 +4,9 @@ split) and ``pimm-fast predict`` (probabilities of every task for every row, fro
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -39,14 +40,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate(model, test)
         name, data = type(model).__name__, args.data or config.data
     print(f"{name} from {source} on the test split of {data} ({len(test):,} rows)\n" + format_table(result))
-    _write_evaluation(args.output, source, data, result)
+    _write_evaluation(args, source, data, result)
     return 0
 
 
-def _write_evaluation(output: Optional[str], path: Path, data: str, result: dict, **extra) -> None:
-    if output is not None:
-        key = "model" if Path(path).suffix == ".pt2" else "checkpoint"
-        ckpt.save_json(Path(output), jsonable({key: str(path), "data": data, **extra, "test": result}))
+def _write_evaluation(args: argparse.Namespace, source: Path, data: str, result: dict, **extra) -> None:
+    """``--output``: the metrics as JSON, with what was evaluated (``model`` or ``checkpoint``) on which data."""
+    if args.output is not None:
+        key = "model" if args.model is not None else "checkpoint"
+        ckpt.save_json(Path(args.output), jsonable({key: str(source), "data": data, **extra, "test": result}))
 
 
 def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
@@ -56,27 +58,10 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     from ..data import DataFormatError
     from ..data.cascade import apply_policy, check_labels
 
-    if args.model is not None:
-        fn, source = _load_package(args.model), args.model
-        if getattr(fn, "num_bag_fields", 0):
-            raise UsageError(f"{args.model} has multi-valued fields: evaluate a data spec, not a file")
-        vocabulary, policy, name = fn.vocabulary, "drop", "the package"
-
-        def score(x, dense):
-            return score_batches(lambda ids, d: fn(ids, d) if d is not None else fn(ids), x, dense,
-                                 len(vocabulary.task_names))
-    else:
-        from .run import open_run
-
-        run = open_run(Path(args.checkpoint))
-        vocabulary, source = run.vocabulary, run.path
-        policy = DataRequest.parse(run.config.data, run.config.samples, run.config.seed).options.get("policy", "drop")
-        name = run.model_info.get("class") or run.config.model
-
-        def score(x, dense):
-            return run_scores(run, x, dense, args.device)[1]
-    table = read_scoring_file(path, vocabulary, [], source, require_labels=True)
-    tasks = list(vocabulary.task_names)
+    model = _file_model(args, "evaluate")
+    policy = model.policy
+    table = read_scoring_file(path, model.vocabulary, [], model.source, require_labels=True)
+    tasks = list(model.vocabulary.task_names)
     stats: dict = {}
     try:
         check_labels(table.labels, tasks, str(path), where=table.where)
@@ -89,16 +74,15 @@ def _evaluate_file(args: argparse.Namespace, path: Path) -> int:
     if len(y) == 0:
         raise UsageError(f"{path}: no rows to evaluate ({table.rows:,} in the file, "
                          f"{stats.get('cascade_dropped', 0):,} dropped: labels break the cascade)")
-    probs = score(x, dense)
+    probs = model.score(x, dense)
     check_finite(probs)
     result = cascade_metrics(probs, torch.from_numpy(y), tasks)
     dropped = stats.get("cascade_dropped", 0)
     whose = "a package's default" if args.model is not None else "the run's"
     note = f"; {dropped:,} dropped: labels break the cascade ({whose} cascade policy '{policy}')" if dropped else ""
     print(f"{path}: {table.rows:,} rows{note}; {unseen_line(table)}")
-    print(f"{name} from {source} on every row of {path} ({len(y):,} rows)\n" + format_table(result))
-    _write_evaluation(args.output, source, args.data, result, rows=table.rows, cascade_dropped=dropped,
-                      policy=policy)
+    print(f"{model.name} from {model.source} on every row of {path} ({len(y):,} rows)\n" + format_table(result))
+    _write_evaluation(args, model.source, args.data, result, rows=table.rows, cascade_dropped=dropped, policy=policy)
     return 0
 
 
@@ -183,16 +167,46 @@ def score_batches(forward, x, dense, num_tasks: int, batch_size: int = 16384) ->
     return torch.cat(out) if out else torch.empty(0, num_tasks)
 
 
-def run_scores(run, x, dense, device: str):
-    """(model, probabilities [N, T]) of a saved run (:func:`.run.open_run`) on codes ``x`` and raw dense
-    values, the model rebuilt from the run's vocabulary alone."""
-    from .run import run_model, vocabulary_data
+@dataclass
+class FileModel:
+    """What scores the rows of a file: the vocabulary that encodes them, ``score(x, dense)`` -> probabilities
+    [N, T], and for messages the source (run or package), the model's name, its task names and the cascade
+    policy its rows are measured under."""
 
-    model = run_model(run, vocabulary_data(run.vocabulary), device).eval()
-    at = next(model.parameters()).device
-    probs = score_batches(lambda ids, d: model(ids.to(at), **({} if d is None else {"dense": d.to(at)})),
-                          x, dense, len(run.vocabulary.task_names))
-    return model, probs
+    vocabulary: object
+    score: Callable
+    source: Path
+    name: str
+    task_names: list
+    policy: str
+
+
+def _file_model(args: argparse.Namespace, verb: str) -> FileModel:
+    """The :class:`FileModel` of ``--model FILE.pt2`` (the package's vocabulary; cascade policy 'drop', as a
+    package does not record its run's) or ``--checkpoint DIR`` (the run's vocabulary and policy, the model
+    rebuilt from the vocabulary alone)."""
+    if args.model is not None:
+        fn = _load_package(args.model)
+        if getattr(fn, "num_bag_fields", 0):
+            raise UsageError(f"{args.model} has multi-valued fields: {verb} a data spec, not a file")
+        tasks = list(fn.task_names)
+
+        def score_package(x, dense):
+            return score_batches(lambda ids, d: fn(ids, d) if d is not None else fn(ids), x, dense, len(tasks))
+        return FileModel(fn.vocabulary, score_package, args.model, "the package", tasks, "drop")
+    from .run import open_run, run_model, vocabulary_data
+
+    run = open_run(Path(args.checkpoint))
+    tasks = list(run.vocabulary.task_names) if run.vocabulary is not None else []
+    policy = DataRequest.parse(run.config.data, run.config.samples, run.config.seed).options.get("policy", "drop")
+
+    def score(x, dense):
+        model = run_model(run, vocabulary_data(run.vocabulary), args.device).eval()
+        at = next(model.parameters()).device
+        return score_batches(lambda ids, d: model(ids.to(at), **({} if d is None else {"dense": d.to(at)})),
+                             x, dense, len(tasks))
+    return FileModel(run.vocabulary, score, run.path, run.model_info.get("class") or run.config.model, tasks,
+                     policy)
 
 
 def _load_package(path: Path):
@@ -281,23 +295,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_file(args: argparse.Namespace, path: Path) -> int:
     """Every row of one file, in order, raw values encoded with the model's vocabulary (the run's, or the
     package's), the key columns passed through."""
-    if args.model is not None:
-        fn = _load_package(args.model)
-        vocabulary, source = fn.vocabulary, args.model
-        if getattr(fn, "num_bag_fields", 0):
-            raise UsageError(f"{args.model} has multi-valued fields: score a data spec, not a file")
-        table = read_scoring_file(path, vocabulary, args.keep_columns, source)
-        task_names = list(fn.task_names)
-        probs = score_batches(lambda ids, dense: fn(ids, dense) if dense is not None else fn(ids), table.x,
-                              table.dense, len(task_names))
-    else:
-        from .run import open_run
-
-        run = open_run(Path(args.checkpoint))
-        source = run.path
-        table = read_scoring_file(path, run.vocabulary, args.keep_columns, source)
-        task_names = list(run.vocabulary.task_names)
-        _, probs = run_scores(run, table.x, table.dense, args.device)
+    model = _file_model(args, "score")
+    source, task_names = model.source, model.task_names
+    table = read_scoring_file(path, model.vocabulary, args.keep_columns, source)
+    probs = model.score(table.x, table.dense)
     try:
         write_predictions(Path(args.out), table.keys, probs, task_names)
     except ValueError as err:
